@@ -1,0 +1,1 @@
+"""Iris's Discord side (discord.py). Never imports torch: models are reached through the inference manager."""

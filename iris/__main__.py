@@ -1,0 +1,5 @@
+import sys
+
+from iris.cli import main
+
+sys.exit(main())

@@ -1,0 +1,350 @@
+"""The `iris` command: the engine offline (classify, find, imagine, download), no Discord needed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from iris import __version__
+from iris.config import Config, load_config
+from iris.errors import BadRequest, IrisError
+from iris.jobs import parse_labels
+
+if TYPE_CHECKING:
+    from models.engine import Engine
+
+log = logging.getLogger("iris")
+
+DEFAULT_CONFIG = "config.yaml"
+
+
+def _config(args: argparse.Namespace) -> Config:
+    path = args.config
+    if path is None and Path(DEFAULT_CONFIG).is_file():
+        path = DEFAULT_CONFIG
+    return load_config(path)
+
+
+def _engine(cfg: Config) -> Engine:
+    from models.engine import Engine  # torch loads here, not for --help
+
+    return Engine(cfg)
+
+
+def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
+    print(json.dumps(payload, indent=2) if args.json else text)
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from iris.images import ImageLimits, load_image
+
+    labels = parse_labels(args.labels) if args.labels is not None else list(cfg.classify.default_labels)
+    limits = ImageLimits(cfg.images.max_bytes, cfg.images.max_pixels)
+    images = [load_image(p, limits, name=p) for p in args.images]  # fail before loading any model
+    engine = _engine(cfg)
+    labels = engine.check_labels(labels)
+    results = engine.classify(images, labels, top_k=args.top_k, templates=args.templates)
+    payload = [
+        {"image": p, "labels": [{"label": r.label, "probability": round(r.probability, 6)} for r in preds]}
+        for p, preds in zip(args.images, results, strict=True)
+    ]
+    lines = []
+    for p, preds in zip(args.images, results, strict=True):
+        lines.append(p)
+        lines += [f"  {r.probability * 100:6.2f}%  {_bar(r.probability)}  {r.label}" for r in preds]
+    _emit(args, payload, "\n".join(lines))
+    return 0
+
+
+def _bar(p: float, width: int = 20) -> str:
+    full = round(p * width)
+    return "█" * full + "·" * (width - full)
+
+
+def cmd_find(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from iris.images import ImageLimits
+    from iris.index import ImageIndex, index_folder
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise BadRequest(f"not a folder: {folder}")
+    if not args.query.strip():
+        raise BadRequest("the query is empty")
+    if args.k < 1:
+        raise BadRequest("-k must be at least 1")
+    engine = _engine(cfg)
+    clip = engine.clip
+    with ImageIndex(args.index or cfg.index.path) as index:
+        bar = _progress_bar("indexing", args.json)
+        report = index_folder(
+            index,
+            folder,
+            engine.embed_images,
+            clip.name,
+            ImageLimits(cfg.images.max_bytes, cfg.images.max_pixels),
+            batch_size=cfg.clip.batch_size,
+            progress=lambda n, total: bar(n, total),
+        )
+        bar(None, None)
+        hits = index.search(engine.embed_text(args.query), [f"folder:{folder.resolve()}"], clip.name, args.k)
+    payload = {
+        "query": args.query,
+        "hits": [{"path": h.meta.get("path", h.key), "score": round(h.score, 6)} for h in hits],
+        "index": {
+            "embedded": report.embedded,
+            "reused": report.reused,
+            "unchanged": report.unchanged,
+            "bad": report.bad,
+            "removed": report.removed,
+            "problems": report.problems,
+        },
+    }
+    lines = [
+        f"indexed: {report.embedded} new, {report.reused} known content, {report.unchanged} unchanged, "
+        f"{report.bad} unreadable, {report.removed} removed"
+    ]
+    lines += [f"  skipped {p}" for p in report.problems]
+    lines += [f"{i:3d}. {h.score:.4f}  {h.meta.get('path', h.key)}" for i, h in enumerate(hits, 1)]
+    if not hits:
+        lines.append("no images found in that folder")
+    _emit(args, payload, "\n".join(lines))
+    return 0
+
+
+def _progress_bar(desc: str, quiet: bool) -> Any:
+    """A tqdm bar on stderr driven by (n, total) calls; (None, None) closes it."""
+    from tqdm import tqdm
+
+    state: dict[str, Any] = {}
+
+    def update(n: int | None, total: int | None) -> None:
+        if n is None:
+            if "bar" in state:
+                state["bar"].close()
+            return
+        if "bar" not in state:
+            state["bar"] = tqdm(
+                total=total, desc=desc, unit="img", disable=quiet, file=sys.stderr, leave=False
+            )
+        state["bar"].update(n - state["bar"].n)
+
+    return update
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    w, sep, h = text.lower().partition("x")
+    try:
+        return (int(w), int(h)) if sep else (int(w), int(w))
+    except ValueError:
+        raise BadRequest(f"--size takes WIDTHxHEIGHT or one number, e.g. 256x192, got {text!r}") from None
+
+
+def cmd_imagine(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from iris.images import ImageLimits, load_image
+
+    width, height = _parse_size(args.size) if args.size else (None, None)
+    init = None
+    if args.init:
+        init_path = Path(args.init)
+        load_image(init_path, ImageLimits(cfg.images.max_bytes, cfg.images.max_pixels), name=args.init)
+        init = init_path.read_bytes()
+    out = Path(args.output)
+    if out.parent and not out.parent.is_dir():
+        raise BadRequest(f"the output folder does not exist: {out.parent}")
+    engine = _engine(cfg)
+    request = engine.request(
+        args.prompt,
+        steps=args.steps,
+        seed=args.seed,
+        width=width,
+        height=height,
+        cutouts=args.cutouts,
+        lr=args.lr,
+        generator=args.generator,
+        init_image=init,
+    )
+    from tqdm import tqdm
+
+    from models.generate import StepInfo
+
+    gen = engine.new_generation(request)
+    every = args.preview_every or cfg.imagine.preview_every
+    bar = tqdm(total=request.steps, desc="imagine", unit="step", disable=args.json, file=sys.stderr)
+
+    def on_step(info: StepInfo) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{info.loss:.3f}")
+        if info.step % every == 0 and info.step < info.total:
+            _save_atomic(gen.preview(), out)
+
+    result = gen.run(on_step=on_step)
+    bar.close()
+    _save_atomic(result.image, out)
+    payload = {
+        "output": str(out),
+        "seed": result.seed,
+        "steps": result.steps,
+        "clip_score": round(result.clip_score, 6),
+        "start_score": round(result.start_score, 6),
+        "width": result.image.width,
+        "height": result.image.height,
+        "generator": request.generator,
+    }
+    _emit(
+        args,
+        payload,
+        f"saved {out} ({result.image.width}x{result.image.height}, seed {result.seed}, "
+        f"CLIP score {result.clip_score:.4f}, from {result.start_score:.4f})",
+    )
+    return 0
+
+
+def _save_atomic(image: Any, out: Path) -> None:
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, out)
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from models import weights
+
+    if args.list:
+        lines = ["CLIP presets:"] + [f"  {n}" for n in weights.CLIP_PRESETS]
+        lines += ["VQGAN presets:"] + [f"  {n}" for n in weights.VQGAN_PRESETS]
+        _emit(
+            args, {"clip": list(weights.CLIP_PRESETS), "vqgan": list(weights.VQGAN_PRESETS)}, "\n".join(lines)
+        )
+        return 0
+    paths = weights.download(list(args.names), cfg.cache_dir, offline=cfg.weights.offline)
+    _emit(
+        args,
+        {"cache_dir": str(cfg.cache_dir), "files": [str(p) for p in paths]},
+        "\n".join([f"cache: {cfg.cache_dir}"] + [f"  {p}" for p in paths]),
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"config file (default: ./{DEFAULT_CONFIG} if present, else built-in defaults; "
+        "config.toy.yaml runs offline on the shipped toy models)",
+    )
+    common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    common.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    common.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+
+    p = argparse.ArgumentParser(
+        prog="iris", description="Iris: see and dream with CLIP, offline or on Discord."
+    )
+    p.add_argument("--version", action="version", version=f"iris {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser(
+        "classify",
+        parents=[common],
+        help="zero-shot classify images against labels",
+        description="Zero-shot classify images with CLIP against comma-separated labels.",
+    )
+    c.add_argument("images", nargs="+", metavar="IMAGE")
+    c.add_argument(
+        "--labels",
+        help='comma-separated labels, quotes keep commas: "cat, dog, a person" '
+        "(default: classify.default_labels from the config)",
+    )
+    c.add_argument("--top-k", type=int, default=None, help="labels shown per image (default: classify.top_k)")
+    c.add_argument(
+        "--templates",
+        choices=["openai", "simple", "none"],
+        default=None,
+        help="prompt ensemble (default: classify.templates)",
+    )
+    c.set_defaults(func=cmd_classify)
+
+    f = sub.add_parser(
+        "find",
+        parents=[common],
+        help="search a folder of images by text",
+        description="Index a folder (only new or changed files are embedded) and search it.",
+    )
+    f.add_argument("folder", metavar="FOLDER")
+    f.add_argument("query", metavar="QUERY")
+    f.add_argument("-k", type=int, default=10, help="number of hits (default: 10)")
+    f.add_argument("--index", metavar="FILE", help="SQLite index file (default: index.path from the config)")
+    f.set_defaults(func=cmd_find)
+
+    i = sub.add_parser(
+        "imagine",
+        parents=[common],
+        help="generate an image from a prompt",
+        description="Generate an image with VQGAN+CLIP (or pixels+CLIP). Prompt parts are "
+        'separated by "|" and may carry weights: "a watercolor fox:1 | blurry:-0.5".',
+    )
+    i.add_argument("prompt", metavar="PROMPT")
+    i.add_argument(
+        "-o", "--output", default="imagine.png", help="PNG to write; previews land there as it goes"
+    )
+    i.add_argument("--steps", type=int, help="optimisation steps (default: imagine.steps)")
+    i.add_argument("--seed", type=int, help="random seed; same seed and settings give the same image on CPU")
+    i.add_argument("--size", help="WIDTHxHEIGHT in px, rounded down to the VQGAN's factor (default: config)")
+    i.add_argument("--init", metavar="IMAGE", help="start from this image instead of random tokens")
+    i.add_argument("--cutouts", type=int, help="augmented views per step (default: imagine.cutouts)")
+    i.add_argument("--lr", type=float, help="learning rate (default: imagine.lr)")
+    i.add_argument("--generator", choices=["vqgan", "pixels"], help="default: imagine.generator")
+    i.add_argument(
+        "--preview-every", type=int, help="steps between preview saves (default: imagine.preview_every)"
+    )
+    i.set_defaults(func=cmd_imagine)
+
+    d = sub.add_parser(
+        "download",
+        parents=[common],
+        help="fetch model weights into the cache",
+        description="Download CLIP and VQGAN weights into the cache dir (weights.cache_dir), "
+        "with progress and resume. No names: the default CLIP and VQGAN presets.",
+    )
+    d.add_argument("names", nargs="*", metavar="NAME")
+    d.add_argument("--list", action="store_true", help="list the known presets")
+    d.set_defaults(func=cmd_download)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except IrisError as e:
+        print(f"iris: error: {e.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("iris: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        error_id = uuid.uuid4().hex[:8]
+        log.debug("unexpected error %s", error_id, exc_info=True)
+        print(
+            f"iris: internal error {error_id}: {type(e).__name__}: {e} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

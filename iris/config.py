@@ -1,0 +1,214 @@
+"""config.yaml, parsed once at start-up into typed, validated dataclasses.
+
+Secrets never live here: the bot token comes from the environment (`DISCORD_TOKEN`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from iris.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class WeightsConfig:
+    cache_dir: str | None = None  # where downloaded weights live; None: $IRIS_CACHE or ~/.cache/iris
+    offline: bool = False  # never touch the network; a missing file is an error that says how to get it
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    preset: str = "ViT-B-32/laion2b_s34b_b79k"  # a name from `iris download --list`, or "toy"
+    checkpoint: str | None = None  # local weights file (.pt/.bin/.safetensors) instead of the preset's
+    arch_config: str | None = None  # open_clip JSON of a custom architecture (used with `checkpoint`)
+    batch_size: int = 32  # images per forward pass when embedding
+    text_cache: int = 512  # label/text embeddings kept in the LRU cache
+
+
+@dataclass(frozen=True)
+class ClassifyConfig:
+    templates: str = "openai"  # prompt ensemble: "openai" (80 templates), "simple" (7) or "none"
+    top_k: int = 5  # labels shown per image
+    default_labels: list[str] = field(
+        default_factory=lambda: ["a photo", "a drawing", "a screenshot", "a meme", "a diagram", "text"]
+    )  # used when the user gives none
+    max_labels: int = 50  # labels per request
+    max_label_chars: int = 100  # characters per label
+
+
+@dataclass(frozen=True)
+class VQGANConfig:
+    preset: str | None = "vqgan_imagenet_f16_16384"  # a VQGAN preset name or "toy"; None: pixels only
+    config: str | None = None  # local taming YAML config (with `checkpoint`) instead of the preset
+    checkpoint: str | None = None  # local .ckpt/.safetensors
+    trust_pickle: bool = False  # allow full unpickling of a local .ckpt that weights-only loading refuses
+
+
+@dataclass(frozen=True)
+class ImagineConfig:
+    generator: str = "vqgan"  # "vqgan", or "pixels" (optimise RGB directly; no VQGAN weights needed)
+    steps: int = 300  # optimisation steps per image
+    width: int = 256  # px, rounded to the VQGAN's factor
+    height: int = 256  # px
+    cutouts: int = 32  # augmented views scored by CLIP per step (fewer: less memory, noisier)
+    lr: float = 0.1  # Adam learning rate on the latents
+    preview_every: int = 50  # steps between progress previews
+    max_steps: int = 1000  # upper bound a request may ask for
+    max_side: int = 512  # px, upper bound for width and height
+    max_prompt_chars: int = 500  # longer prompts are refused
+
+
+@dataclass(frozen=True)
+class ImagesConfig:
+    max_bytes: int = 25 * 2**20  # largest accepted image file, bytes
+    max_pixels: int = 40_000_000  # largest accepted width × height (decompression-bomb guard)
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    path: str = "iris-index.sqlite3"  # SQLite file of the image search index (relative: to the cwd)
+
+
+@dataclass(frozen=True)
+class Config:
+    device: str = "auto"  # "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ...
+    precision: str = "auto"  # "auto" (fp16 autocast on cuda, fp32 on cpu), "fp32", "fp16", "bf16"
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    vqgan: VQGANConfig = field(default_factory=VQGANConfig)
+    imagine: ImagineConfig = field(default_factory=ImagineConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+
+    @property
+    def cache_dir(self) -> Path:
+        if self.weights.cache_dir:
+            return Path(os.path.expanduser(self.weights.cache_dir))
+        if os.environ.get("IRIS_CACHE"):
+            return Path(os.environ["IRIS_CACHE"])
+        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return Path(xdg) / "iris"
+
+
+_CHOICES = {
+    "device": None,
+    "precision": ("auto", "fp32", "fp16", "bf16"),
+    "classify.templates": ("openai", "simple", "none"),
+    "imagine.generator": ("vqgan", "pixels"),
+}
+
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _check_type(value, option, where)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[-1]
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{where}: expected nothing (null), got {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _build(typing.cast(type, tp), value, where)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+    if not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+    return value
+
+
+def _build(cls: type[T], data: Any, where: str) -> T:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(f"unknown config key {key!r}; known here: {', '.join(sorted(names))}")
+    kwargs = {k: _check_type(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config) -> None:
+    for key, choices in _CHOICES.items():
+        section, _, name = key.rpartition(".")
+        value = getattr(getattr(cfg, section) if section else cfg, name)
+        if choices and value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+    im = cfg.imagine
+    positives = {
+        "imagine.steps": im.steps,
+        "imagine.width": im.width,
+        "imagine.height": im.height,
+        "imagine.cutouts": im.cutouts,
+        "imagine.preview_every": im.preview_every,
+        "imagine.max_steps": im.max_steps,
+        "imagine.max_side": im.max_side,
+        "clip.batch_size": cfg.clip.batch_size,
+        "classify.top_k": cfg.classify.top_k,
+        "classify.max_labels": cfg.classify.max_labels,
+        "images.max_bytes": cfg.images.max_bytes,
+        "images.max_pixels": cfg.images.max_pixels,
+    }
+    for key, value in positives.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be positive, got {value}")
+    if im.lr <= 0:
+        raise ConfigError(f"imagine.lr must be positive, got {im.lr}")
+    if im.steps > im.max_steps or max(im.width, im.height) > im.max_side:
+        raise ConfigError("imagine: the default steps/size exceed imagine.max_steps/max_side")
+    if not (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith(("cuda", "mps"))):
+        raise ConfigError(f"device: {cfg.device!r} is not auto, cpu, cuda, cuda:N or mps")
+
+
+def parse_config(data: Any) -> Config:
+    """Validate a parsed YAML mapping into a Config (raises ConfigError naming the bad key)."""
+    cfg = _build(Config, data, "")
+    _validate(cfg)
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and validate a config file; None gives the built-in defaults."""
+    if path is None:
+        return parse_config({})
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file not found: {p}") from e
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {p}: {e.strerror}") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p} is not valid YAML: {e}") from e
+    try:
+        return parse_config(data)
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e.message}") from e

@@ -1,0 +1,38 @@
+"""User-facing errors, shared by the engine, the command line and the bot.
+
+Each carries a message fit to show a person as it is; anything else that escapes is a bug, logged with
+its traceback behind a short apology.
+"""
+
+from __future__ import annotations
+
+
+class IrisError(Exception):
+    """Base of every error whose message may be shown to a user as it is."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class BadImage(IrisError):
+    """An input file is missing, not an image, corrupt, or too large."""
+
+
+class BadRequest(IrisError):
+    """A request's parameters are unusable (empty label list, prompt too long, size out of range...)."""
+
+
+class ConfigError(IrisError):
+    """config.yaml (or a profile) is invalid."""
+
+
+class WeightsUnavailable(IrisError):
+    """Model weights are not in the cache and cannot be downloaded (offline, or the host is unreachable)."""
+
+
+class WeightsCorrupt(IrisError):
+    """A weights file failed its checksum, or does not fit the model it is loaded into."""

@@ -1,0 +1,203 @@
+"""Safe decoding of untrusted images: files from the command line, attachments and downloads from Discord.
+
+Every failure a person can cause (a missing or empty file, a web page saved as .png, a truncated download,
+a decompression bomb) becomes a `BadImage` with a short message naming the file; nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import struct
+import warnings
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from iris.errors import BadImage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What an untrusted image may cost before it is decoded.
+
+    Pillow's own MAX_IMAGE_PIXELS (about 89 million) still applies: max_pixels above it has no effect.
+    """
+
+    max_bytes: int = 25 * 2**20  # largest encoded file or download, in bytes
+    max_pixels: int = 40_000_000  # largest width × height, in pixels, checked on the header before decoding
+
+
+DEFAULT_LIMITS = ImageLimits()
+
+# Our format name -> Pillow's. Pillow is only ever asked to open the format the magic bytes name, so a
+# file cannot reach one of its rarer, less hardened plugins by accident.
+_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "gif": "GIF", "webp": "WEBP", "bmp": "BMP", "tiff": "TIFF"}
+
+# "BM" alone is too weak a signature: a BMP's info header starts with its size, one of these (core ... V5).
+_BMP_INFO_SIZES = {struct.pack("<I", n) for n in (12, 40, 52, 56, 64, 108, 124)}
+
+# What Pillow raises on damaged data. Anything else while decoding is logged with its traceback (it may be
+# a bug of ours) but still reaches the person as a BadImage.
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError, struct.error, zlib.error)
+
+
+def sniff(data: bytes) -> str | None:
+    """The format `data`'s magic bytes name: "png", "jpeg", "gif", "webp", "bmp", "tiff", or None."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return "gif"
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return "webp"
+    if data.startswith(b"BM") and data[14:18] in _BMP_INFO_SIZES:
+        return "bmp"
+    if data.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):  # classic TIFF, then BigTIFF
+        return "tiff"
+    return None
+
+
+def image_sha256(data: bytes) -> str:
+    """Hex SHA-256 of an image's encoded bytes: the content key of the search index."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_image_bytes(
+    path: str | os.PathLike[str], limits: ImageLimits = DEFAULT_LIMITS, name: str | None = None
+) -> bytes:
+    """A file's bytes, refusing a missing, unreadable, empty or oversized one with BadImage.
+
+    `name` is how messages call the file; it defaults to the path.
+    """
+    who = _who(name if name is not None else os.fspath(path))
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            # Read one byte past the limit: a pipe or a device has no trustworthy size.
+            data = b"" if size > limits.max_bytes else f.read(limits.max_bytes + 1)
+    except FileNotFoundError:
+        raise BadImage(f"{who}: no such file.") from None
+    except IsADirectoryError:
+        raise BadImage(f"{who} is a folder, not an image.") from None
+    except OSError as e:
+        raise BadImage(f"{who} could not be read: {e.strerror or e}.") from None
+    _check_bytes(max(size, len(data)), limits, who)
+    return data
+
+
+def load_image(
+    source: bytes | str | os.PathLike[str],
+    limits: ImageLimits = DEFAULT_LIMITS,
+    name: str | None = None,
+) -> Image.Image:
+    """Decode an untrusted image into a fully loaded RGB image, or raise BadImage saying why not.
+
+    `source` is the encoded bytes or a path; `name` (a file or attachment name) is how messages call it,
+    by default the path. Animated images give their first frame; EXIF orientation is applied; transparency
+    is composited over white.
+    """
+    if isinstance(source, bytes):
+        data, who = source, _who(name)
+        _check_bytes(len(data), limits, who)
+    else:
+        data = read_image_bytes(source, limits, name)
+        who = _who(name if name is not None else os.fspath(source))
+
+    fmt = sniff(data)
+    if fmt is None:
+        hint = " (it looks like a web page)" if data.lstrip()[:1] == b"<" else ""
+        raise BadImage(f"{who} is not a PNG, JPEG, GIF, WebP, BMP or TIFF image{hint}.")
+
+    # Pillow warns past its MAX_IMAGE_PIXELS and raises past twice that, whatever our limits; that warning is
+    # made an error here, and its complaints about damaged files go to the debug log, not stderr. Our own
+    # limit is checked on the header, before a single pixel is decoded, and does not depend on the filters
+    # (catch_warnings is not thread-safe).
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[fmt]]) as im:
+                _check_pixels(im.size, limits.max_pixels, who)
+                im.load()  # the first frame only: an animation's later frames are never decoded
+                return _to_rgb(ImageOps.exif_transpose(im))
+    except BadImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        limit = min(limits.max_pixels, Image.MAX_IMAGE_PIXELS or limits.max_pixels)
+        size = _header_size(data, fmt)
+        if size is not None:
+            _check_pixels(size, limit, who)
+        raise BadImage(f"{who} is too large: over {limit:,} pixels.") from None
+    except _DECODE_ERRORS as e:
+        log.debug("cannot decode %s (%s): %r", who, fmt, e)
+        raise BadImage(f"{who} is damaged or incomplete and could not be read.") from None
+    except Exception:
+        log.warning("unexpected error decoding %s (%s)", who, fmt, exc_info=True)
+        raise BadImage(f"{who} could not be read as an image.") from None
+    finally:
+        for w in caught:
+            log.debug("decoding %s: %s", who, w.message)
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any decoded mode -> RGB; transparency is composited over white, 16-bit grey is scaled, not clipped."""
+    if im.mode.startswith("I"):  # "I;16", "I;16B", "I": 16-bit grey, which Image.convert would clip at 255
+        grey = np.asarray(im)  # (H, W) uint16, or int32 for "I"
+        if grey.dtype != np.uint16:
+            grey = grey.clip(0, 65535)
+        return Image.fromarray((grey >> 8).astype(np.uint8)).convert("RGB")  # (H, W) in [0, 255]
+    if im.has_transparency_data:  # an alpha channel, an alpha palette, or a transparent colour key
+        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        white.alpha_composite(im.convert("RGBA"))
+        return white.convert("RGB")
+    if im.mode == "F":  # float grey, taken as 0..255
+        im = im.convert("L")
+    return im if im.mode == "RGB" else im.convert("RGB")  # "1", "L", "P", "CMYK", "YCbCr", ...
+
+
+def _header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
+    """Width and height from the header alone, by Pillow's plugin but without Pillow's bomb check."""
+    try:
+        factory, _accept = Image.OPEN[_PIL_FORMATS[fmt]]
+        size: tuple[int, int] = factory(io.BytesIO(data), "").size
+    except Exception:
+        return None
+    return size
+
+
+def _check_bytes(size: int, limits: ImageLimits, who: str) -> None:
+    if size == 0:
+        raise BadImage(f"{who} is empty.")
+    if size > limits.max_bytes:
+        raise BadImage(f"{who} is too large: {_mib(size)} (the limit is {_mib(limits.max_bytes)}).")
+
+
+def _check_pixels(size: tuple[int, int], limit: int, who: str) -> None:
+    width, height = size
+    if width * height > limit:
+        raise BadImage(f"{who} is too large: {width}×{height} pixels (the limit is {limit:,} pixels).")
+
+
+def _who(name: str | None) -> str:
+    """How messages name an image: its name, quoted and shortened, or 'The image'."""
+    if not name:
+        return "The image"
+    if len(name) > 80:
+        name = "…" + name[-79:]
+    return f"'{name}'"
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+__all__ = ["DEFAULT_LIMITS", "ImageLimits", "image_sha256", "load_image", "read_image_bytes", "sniff"]

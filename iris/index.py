@@ -1,0 +1,271 @@
+"""The image search index: SQLite on disk, vectors as fp16 blobs, ranked by dot product in numpy.
+
+One embedding per (content hash, model id), so the same picture posted twice, or a re-scan, never costs a
+second forward pass. Items (a file in a folder, an attachment in a channel) point at a content hash within
+a scope (a folder, a channel). Nothing here imports torch: embedding is a function the caller passes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from iris.errors import BadImage
+from iris.images import DEFAULT_LIMITS, ImageLimits, image_sha256, load_image, read_image_bytes
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS vectors (
+    content_hash TEXT NOT NULL,
+    model_id TEXT NOT NULL,
+    vector BLOB NOT NULL,              -- L2-normalised embedding, float16, little-endian
+    PRIMARY KEY (content_hash, model_id)
+);
+CREATE TABLE IF NOT EXISTS items (
+    scope TEXT NOT NULL,               -- what one search covers: a folder, a channel
+    key TEXT NOT NULL,                 -- the item within its scope: a relative path, message/attachment ids
+    content_hash TEXT,                 -- NULL while unreadable (status 'bad')
+    status TEXT NOT NULL DEFAULT 'ok', -- 'ok' or 'bad'
+    meta TEXT NOT NULL DEFAULT '{}',   -- JSON: size, mtime, author, url, ...
+    PRIMARY KEY (scope, key)
+);
+CREATE INDEX IF NOT EXISTS items_hash ON items (content_hash);
+"""
+
+
+@dataclass(frozen=True)
+class Hit:
+    scope: str
+    key: str
+    score: float  # cosine similarity to the query
+    meta: dict[str, Any]
+
+
+@dataclass
+class IndexReport:
+    embedded: int = 0  # new images that went through the model
+    reused: int = 0  # new or changed files whose content was already embedded
+    unchanged: int = 0  # files skipped without reading (same size and mtime)
+    bad: int = 0  # unreadable files, skipped and counted
+    removed: int = 0  # items whose file is gone
+    problems: list[str] = field(default_factory=list)  # one message per bad file
+
+
+class ImageIndex:
+    """Thread-safe (one connection behind a lock); search matrices cached per (scopes, model)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if self.path.parent and not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.RLock()
+        self._version = 0  # bumped on every change; invalidates cached matrices
+        self._matrices: dict[
+            tuple[tuple[str, ...], str], tuple[int, list[tuple[str, str, str]], np.ndarray]
+        ] = {}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> ImageIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- vectors -----------------------------------------------------------------------------------
+    def missing_vectors(self, hashes: Iterable[str], model_id: str) -> set[str]:
+        wanted = set(hashes)
+        with self._lock:
+            have = {
+                row[0]
+                for chunk in _chunks(sorted(wanted), 500)
+                for row in self._db.execute(
+                    f"SELECT content_hash FROM vectors WHERE model_id = ? AND content_hash IN ({_qs(chunk)})",
+                    (model_id, *chunk),
+                )
+            }
+        return wanted - have
+
+    def put_vectors(self, model_id: str, vectors: dict[str, np.ndarray]) -> None:
+        rows = [(h, model_id, np.asarray(v, dtype="<f2").tobytes()) for h, v in vectors.items()]
+        with self._lock, self._db:
+            self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)", rows)
+            self._version += 1
+
+    # -- items -------------------------------------------------------------------------------------
+    def items(self, scope: str) -> dict[str, tuple[str | None, str, dict[str, Any]]]:
+        """key → (content hash, status, meta) for every item of a scope."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, content_hash, status, meta FROM items WHERE scope = ?", (scope,)
+            )
+            return {k: (h, s, json.loads(m)) for k, h, s, m in rows}
+
+    def upsert(
+        self, scope: str, key: str, content_hash: str | None, meta: dict[str, Any], status: str = "ok"
+    ) -> None:
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?)",
+                (scope, key, content_hash, status, json.dumps(meta)),
+            )
+            self._version += 1
+
+    def remove(self, scope: str, keys: Sequence[str]) -> int:
+        with self._lock, self._db:
+            n = 0
+            for chunk in _chunks(list(keys), 500):
+                n += self._db.execute(
+                    f"DELETE FROM items WHERE scope = ? AND key IN ({_qs(chunk)})", (scope, *chunk)
+                ).rowcount
+            self._version += 1
+            return n
+
+    def count(self, scope: str | None = None) -> int:
+        with self._lock:
+            if scope is None:
+                return int(self._db.execute("SELECT COUNT(*) FROM items WHERE status = 'ok'").fetchone()[0])
+            q = "SELECT COUNT(*) FROM items WHERE status = 'ok' AND scope = ?"
+            return int(self._db.execute(q, (scope,)).fetchone()[0])
+
+    # -- search ------------------------------------------------------------------------------------
+    def _matrix(self, scopes: Sequence[str], model_id: str) -> tuple[list[tuple[str, str, str]], np.ndarray]:
+        cache_key = (tuple(sorted(scopes)), model_id)
+        with self._lock:
+            cached = self._matrices.get(cache_key)
+            if cached and cached[0] == self._version:
+                return cached[1], cached[2]
+            rows = self._db.execute(
+                "SELECT i.scope, i.key, i.meta, v.vector FROM items i JOIN vectors v "
+                f"ON v.content_hash = i.content_hash AND v.model_id = ? WHERE i.status = 'ok' "
+                f"AND i.scope IN ({_qs(cache_key[0])}) ORDER BY i.scope, i.key",
+                (model_id, *cache_key[0]),
+            ).fetchall()
+            refs = [(s, k, m) for s, k, m, _ in rows]
+            mat = (
+                np.frombuffer(b"".join(r[3] for r in rows), dtype="<f2")
+                .reshape(len(rows), -1)
+                .astype(np.float32)
+                if rows
+                else np.zeros((0, 0), dtype=np.float32)
+            )
+            self._matrices[cache_key] = (self._version, refs, mat)
+            return refs, mat
+
+    def search(self, query: np.ndarray, scopes: Sequence[str], model_id: str, k: int = 10) -> list[Hit]:
+        """Top-k items of `scopes` by cosine similarity to the unit vector `query`."""
+        refs, mat = self._matrix(scopes, model_id)
+        if not refs:
+            return []
+        scores = mat @ np.asarray(query, dtype=np.float32)
+        k = min(k, len(refs))
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [Hit(refs[i][0], refs[i][1], float(scores[i]), json.loads(refs[i][2])) for i in top]
+
+
+def _qs(items: Sequence[object]) -> str:
+    return ",".join("?" * len(items))
+
+
+def _chunks(items: list[str], n: int) -> Iterable[list[str]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+EmbedFn = Callable[[Sequence[Image.Image]], np.ndarray]
+
+
+def index_folder(
+    index: ImageIndex,
+    folder: str | os.PathLike[str],
+    embed: EmbedFn,
+    model_id: str,
+    limits: ImageLimits = DEFAULT_LIMITS,
+    batch_size: int = 32,
+    progress: Callable[[int, int], None] | None = None,
+) -> IndexReport:
+    """Bring a folder's index up to date: embed only files whose content is new to this model."""
+    root = Path(folder).resolve()
+    scope = f"folder:{root}"
+    known = index.items(scope)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    report = IndexReport()
+    seen: set[str] = set()
+    pending: list[tuple[str, str, dict[str, Any], Image.Image]] = []  # key, hash, meta, image
+
+    def flush() -> None:
+        if not pending:
+            return
+        vecs = embed([p[3] for p in pending])
+        index.put_vectors(model_id, {h: v for (_, h, _, _), v in zip(pending, vecs, strict=True)})
+        for key, h, meta, _ in pending:
+            index.upsert(scope, key, h, meta)
+        report.embedded += len({p[1] for p in pending})
+        pending.clear()
+
+    for n, path in enumerate(files, 1):
+        key = path.relative_to(root).as_posix()
+        seen.add(key)
+        st = path.stat()
+        meta: dict[str, Any] = {"path": str(path), "size": st.st_size, "mtime": st.st_mtime_ns}
+        old = known.get(key)
+        same_file = (
+            old is not None and old[2].get("size") == st.st_size and old[2].get("mtime") == st.st_mtime_ns
+        )
+        if (
+            old
+            and same_file
+            and (old[1] == "bad" or (old[0] and not index.missing_vectors([old[0]], model_id)))
+        ):
+            report.unchanged += 1 if old[1] == "ok" else 0
+            report.bad += 1 if old[1] == "bad" else 0
+            continue
+        try:
+            data = read_image_bytes(path, limits, name=key)
+        except BadImage as e:
+            index.upsert(scope, key, None, meta, status="bad")
+            report.bad += 1
+            report.problems.append(e.message)
+            continue
+        h = image_sha256(data)
+        if not index.missing_vectors([h], model_id) or any(p[1] == h for p in pending):
+            index.upsert(scope, key, h, meta)
+            report.reused += 1
+        else:
+            try:
+                image = load_image(data, limits, name=key)
+            except BadImage as e:
+                index.upsert(scope, key, None, meta, status="bad")
+                report.bad += 1
+                report.problems.append(e.message)
+                continue
+            pending.append((key, h, meta, image))
+            if len(pending) >= batch_size:
+                flush()
+        if progress is not None:
+            progress(n, len(files))
+    flush()
+    gone = [k for k in known if k not in seen]
+    if gone:
+        report.removed = index.remove(scope, gone)
+    return report

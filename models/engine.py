@@ -1,0 +1,116 @@
+"""The engine: the models a config asks for, loaded lazily, and the operations on them.
+
+The command line uses it directly; the inference manager will own one and run it on its worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from iris.config import Config
+from iris.errors import BadRequest
+from iris.jobs import ImagineRequest, check_labels
+from models.clip import Clip, Prediction, load_clip
+from models.generate import Generation, create_generation
+from models.toy import TOY_VQGAN_CONFIG, TOY_VQGAN_WEIGHTS
+from models.vqgan import VQGAN, load_vqgan
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._clip: Clip | None = None
+        self._vqgan: VQGAN | None = None
+
+    @property
+    def clip(self) -> Clip:
+        if self._clip is None:
+            c = self.config.clip
+            self._clip = load_clip(
+                c.preset,
+                device=self.config.device,
+                precision=self.config.precision,
+                cache_dir=self.config.cache_dir,
+                checkpoint=c.checkpoint,
+                arch_config=c.arch_config,
+                offline=self.config.weights.offline,
+                text_cache=c.text_cache,
+            )
+        return self._clip
+
+    @property
+    def has_vqgan(self) -> bool:
+        v = self.config.vqgan
+        return bool(v.preset or (v.config and v.checkpoint))
+
+    @property
+    def vqgan(self) -> VQGAN | None:
+        """The configured VQGAN, or None when the config names none (pixels only)."""
+        if self._vqgan is None and self.has_vqgan:
+            v = self.config.vqgan
+            trust = v.trust_pickle
+            if v.config and v.checkpoint:
+                cfg_path, ckpt = Path(v.config), Path(v.checkpoint)
+            elif v.preset == "toy":
+                cfg_path, ckpt = TOY_VQGAN_CONFIG, TOY_VQGAN_WEIGHTS
+            else:
+                from models.weights import vqgan_paths
+
+                assert v.preset is not None
+                cfg_path, ckpt = vqgan_paths(
+                    v.preset, self.config.cache_dir, offline=self.config.weights.offline
+                )
+                trust = True  # fetched from the preset's official address into our own cache
+            self._vqgan = load_vqgan(cfg_path, ckpt, device=self.clip.device, trust_pickle=trust)
+        return self._vqgan
+
+    def check_labels(self, labels: Sequence[str]) -> list[str]:
+        c = self.config.classify
+        return check_labels(list(labels), c.max_labels, c.max_label_chars)
+
+    def classify(
+        self,
+        images: Sequence[Image.Image],
+        labels: Sequence[str],
+        top_k: int | None = None,
+        templates: str | None = None,
+    ) -> list[list[Prediction]]:
+        labels = self.check_labels(labels)
+        return self.clip.classify(
+            images, labels, templates or self.config.classify.templates, top_k or self.config.classify.top_k
+        )
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return self.clip.encode_images(images, batch_size=self.config.clip.batch_size)
+
+    def embed_text(self, text: str) -> np.ndarray:
+        if not text.strip():
+            raise BadRequest("the query is empty")
+        return self.clip.encode_texts([text])[0]
+
+    def request(self, prompt: str, **overrides: object) -> ImagineRequest:
+        """A request with the config's defaults, `overrides` applied (None values ignored), validated."""
+        im = self.config.imagine
+        fields: dict[str, object] = dict(
+            prompt=prompt,
+            steps=im.steps,
+            width=im.width,
+            height=im.height,
+            cutouts=im.cutouts,
+            lr=im.lr,
+            generator=im.generator if self.has_vqgan else "pixels",
+        )
+        fields.update({k: v for k, v in overrides.items() if v is not None})
+        req = ImagineRequest(**fields)  # type: ignore[arg-type]
+        return req.validated(im.max_steps, im.max_side, im.max_prompt_chars)
+
+    def new_generation(self, request: ImagineRequest) -> Generation:
+        vqgan = self.vqgan if request.generator == "vqgan" else None
+        return create_generation(self.clip, vqgan, request)

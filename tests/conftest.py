@@ -1,0 +1,31 @@
+"""Shared fixtures: the shipped toy models (loaded once per session) and held-out toy images."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def toy_clip():
+    from models.clip import load_clip
+
+    return load_clip("toy", device="cpu", precision="fp32")
+
+
+@pytest.fixture(scope="session")
+def toy_vqgan():
+    from models.toy import TOY_VQGAN_CONFIG, TOY_VQGAN_WEIGHTS
+    from models.vqgan import load_vqgan
+
+    return load_vqgan(TOY_VQGAN_CONFIG, TOY_VQGAN_WEIGHTS)
+
+
+@pytest.fixture(scope="session")
+def heldout():
+    """240 fresh toy samples from a seed range no training run uses."""
+    from models.toy import world
+
+    return list(world.samples(240, seed=424_242))
