@@ -69,6 +69,21 @@ class ImagineConfig:
 
 
 @dataclass(frozen=True)
+class ManagerConfig:
+    max_queue: int = 20  # generations waiting at most; one more gets QueueFull
+    max_queued_per_user: int = 2  # generations one user may have waiting
+    max_running_per_user: int = 1  # generations one user may have running
+    short_batch_size: int = 32  # short jobs (classify/embed) batched into one forward pass, at most
+    job_deadline_s: float = 900.0  # wall-clock limit of one generation, seconds, checked between steps
+    close_grace_s: float = 10.0  # on shutdown, seconds to let work finish before cancelling it
+    drain_on_close: bool = (
+        False  # on shutdown, run queued jobs within the grace (else keep them for next start)
+    )
+    preload: bool = False  # load the models at start-up instead of on first use
+    journal_path: str = "iris-jobs.sqlite3"  # SQLite journal of generation jobs (survives restarts)
+
+
+@dataclass(frozen=True)
 class ImagesConfig:
     max_bytes: int = 25 * 2**20  # largest accepted image file, bytes
     max_pixels: int = 40_000_000  # largest accepted width × height (decompression-bomb guard)
@@ -88,6 +103,7 @@ class Config:
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     vqgan: VQGANConfig = field(default_factory=VQGANConfig)
     imagine: ImagineConfig = field(default_factory=ImagineConfig)
+    manager: ManagerConfig = field(default_factory=ManagerConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
 
@@ -174,6 +190,11 @@ def _validate(cfg: Config) -> None:
         "classify.max_labels": cfg.classify.max_labels,
         "images.max_bytes": cfg.images.max_bytes,
         "images.max_pixels": cfg.images.max_pixels,
+        "manager.max_queue": cfg.manager.max_queue,
+        "manager.max_queued_per_user": cfg.manager.max_queued_per_user,
+        "manager.max_running_per_user": cfg.manager.max_running_per_user,
+        "manager.short_batch_size": cfg.manager.short_batch_size,
+        "manager.job_deadline_s": cfg.manager.job_deadline_s,
     }
     for key, value in positives.items():
         if value <= 0:

@@ -36,3 +36,31 @@ class WeightsUnavailable(IrisError):
 
 class WeightsCorrupt(IrisError):
     """A weights file failed its checksum, or does not fit the model it is loaded into."""
+
+
+class QueueFull(IrisError):
+    """The generation queue is at its bound."""
+
+    def __init__(self, queue_length: int) -> None:
+        super().__init__(f"the queue is full ({queue_length} jobs waiting); try again in a few minutes")
+        self.queue_length = queue_length
+
+
+class UserLimitReached(IrisError):
+    """A user already has as many generations queued or running as the config allows."""
+
+
+class JobTimedOut(IrisError):
+    """A generation ran past its wall-clock deadline and was stopped between two steps."""
+
+
+class JobCancelled(IrisError):
+    """The job was cancelled (by its owner, or because the service is shutting down)."""
+
+
+class OutOfMemory(IrisError):
+    """The device ran out of memory even after retrying with fewer cutouts and a smaller size."""
+
+
+class ServiceClosed(IrisError):
+    """The inference manager is shutting down and takes no new jobs."""

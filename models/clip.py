@@ -72,6 +72,7 @@ class Clip:
         self._cache_size = text_cache
         self._lock = threading.Lock()
         self.text_forward_passes = 0  # counts text-tower calls (tests and status use it)
+        self.image_forward_passes = 0  # counts image-tower batches in encode_images
         self._embed_dim: int | None = None
 
     @property
@@ -107,6 +108,7 @@ class Clip:
             batch = torch.stack([self.preprocess(im.convert("RGB")) for im in images[i : i + batch_size]])
             with torch.inference_mode(), autocast(self.device, self.dtype):
                 f = self.model.encode_image(batch.to(self.device, non_blocking=True))  # type: ignore[operator]
+            self.image_forward_passes += 1
             out.append(F.normalize(f.float(), dim=-1).cpu())
         if not out:
             return np.zeros((0, self.embed_dim), dtype=np.float32)

@@ -112,6 +112,8 @@ class Generation:
         self.total = request.steps
         self.steps_done = 0
         self.last_loss = float("nan")
+        # Called before every step (the manager's tests use it to inject faults such as out-of-memory).
+        self.before_step: Callable[[Generation], None] | None = None
         parts = parse_prompt(request.prompt, max_chars=max(500, len(request.prompt)))
         self.prompt_emb = clip.text_features([p.text for p in parts])  # (P, D)
         self.weights = torch.tensor([p.weight for p in parts], device=self.device)
@@ -158,6 +160,8 @@ class Generation:
 
     def step(self) -> float:
         """One optimisation step; returns the loss."""
+        if self.before_step is not None:
+            self.before_step(self)
         self.opt.zero_grad(set_to_none=True)
         loss = self.loss(self.image())
         loss.backward()
@@ -200,11 +204,15 @@ class Generation:
             loss = self.step()
             if on_step is not None:
                 on_step(StepInfo(self.steps_done, self.total, loss, time.perf_counter() - t0))
-        with torch.no_grad():
-            img = self.image()
-            return ImagineResult(
-                to_pil(img), self.seed, self.steps_done, self.score(img), self.start_score, stopped
-            )
+        return self.result(stopped)
+
+    @torch.no_grad()
+    def result(self, stopped: bool = False) -> ImagineResult:
+        """The image as it stands now, with its seed, steps done and CLIP scores."""
+        img = self.image()
+        return ImagineResult(
+            to_pil(img), self.seed, self.steps_done, self.score(img), self.start_score, stopped
+        )
 
 
 class VQGANGeneration(Generation):

@@ -1,0 +1,570 @@
+"""The inference manager: the one owner of the device and every loaded model.
+
+All torch work runs on ONE worker thread, so two jobs never share the GPU. The event loop talks to it
+through an async API and never blocks. Scheduling: generations run FIFO, one step at a time; between two
+steps the worker runs every waiting short job (classify, embed), batched into one forward pass. So a
+/classify during a 300-step /imagine waits for at most one step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gc
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from iris.config import Config
+from iris.errors import (
+    IrisError,
+    JobTimedOut,
+    OutOfMemory,
+    QueueFull,
+    ServiceClosed,
+    UserLimitReached,
+)
+from iris.images import ImageLimits, load_image
+from iris.jobs import ImagineRequest
+from models.clip import Prediction, top_predictions
+from models.engine import Engine
+from models.events import TERMINAL, Cancelled, Done, Event, Failed, Progress, Queued, Started
+from models.generate import Generation, png_bytes
+from models.journal import Journal, JournalEntry
+
+log = logging.getLogger(__name__)
+
+
+class InternalError(IrisError):
+    """Something unexpected broke a job; the message carries an id to find the traceback in the log."""
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    id: str
+    owner: str
+    state: str  # "queued" or "running"
+    step: int
+    total: int
+    position: int  # 0 while running, 1.. while queued
+
+
+@dataclass(frozen=True)
+class ManagerStatus:
+    queue_length: int
+    running: JobSummary | None
+    queued: list[JobSummary]
+    device: str
+    models: list[str]
+    step_time_s: float | None  # recent seconds per generation step (moving average)
+
+
+class JobHandle:
+    """The caller's side of one generation job. Use from the event loop's thread."""
+
+    def __init__(self, manager: InferenceManager, job_id: str, owner: str, request: ImagineRequest) -> None:
+        self.id = job_id
+        self.owner = owner
+        self.request = request
+        self._manager = manager
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._future: asyncio.Future[Done] = asyncio.get_running_loop().create_future()
+        self._future.add_done_callback(lambda f: f.cancelled() or f.exception())  # never "not retrieved"
+        self.last_event: Event | None = None
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every event in order, ending with Done, Failed or Cancelled."""
+        while True:
+            event = await self._events.get()
+            yield event
+            if isinstance(event, TERMINAL):
+                return
+
+    def cancel(self) -> bool:
+        """Remove the job from the queue, or stop it within one step. False if it already ended."""
+        return self._manager._cancel(self.id)
+
+    async def result(self) -> Done:
+        """The Done event; raises the job's error if it failed or was cancelled."""
+        return await asyncio.shield(self._future)
+
+    @property
+    def finished(self) -> bool:
+        return self._future.done()
+
+    def _publish(self, event: Event) -> None:
+        self.last_event = event
+        self._events.put_nowait(event)
+        if self._future.done():
+            return
+        if isinstance(event, Done):
+            self._future.set_result(event)
+        elif isinstance(event, Failed):
+            self._future.set_exception(event.error)
+        elif isinstance(event, Cancelled):
+            from iris.errors import JobCancelled
+
+            self._future.set_exception(JobCancelled(f"the job was {event.reason}"))
+
+
+@dataclass(eq=False)
+class _Job:
+    id: str
+    owner: str
+    request: ImagineRequest
+    handle: JobHandle
+    cancel: threading.Event = field(default_factory=threading.Event)
+    gen: Generation | None = None
+    started_at: float | None = None
+    oom_tries: int = 0
+    reduced: list[str] = field(default_factory=list)
+    last_position: int | None = None
+
+
+@dataclass(eq=False)
+class _ShortJob:
+    kind: str  # "classify" | "images" | "text" | "load"
+    future: asyncio.Future[Any]
+    images: list[Image.Image] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    top_k: int = 5
+    templates: str = "openai"
+    text: str = ""
+
+
+class InferenceManager:
+    """`async with InferenceManager(config) as manager:` starts the worker; leaving it shuts down cleanly."""
+
+    def __init__(self, config: Config, engine: Engine | None = None) -> None:
+        self.config = config
+        self.engine = engine or Engine(config)
+        self.journal = Journal(config.manager.journal_path)
+        self.step_hook: Callable[[Generation], None] | None = None  # called before each step (tests)
+        self._cv = threading.Condition()
+        self._short: deque[_ShortJob] = deque()
+        self._queue: deque[_Job] = deque()
+        self._current: _Job | None = None
+        self._accepting = False
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._step_time: float | None = None
+        self._unfinished: dict[str, JournalEntry] = {}
+        self.forward_batches = 0  # short-job batches run (each one image forward pass at most)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    async def __aenter__(self) -> InferenceManager:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._unfinished = {e.id: e for e in self.journal.unfinished()}
+        self._accepting = True
+        self._thread = threading.Thread(target=self._worker, name="iris-inference", daemon=True)
+        self._thread.start()
+        if self.config.manager.preload:
+            await self._submit(_ShortJob("load", self._loop.create_future()))
+
+    async def close(self, grace_s: float | None = None) -> None:
+        """Stop taking jobs; drain or cancel what is left within the grace period; stop the worker."""
+        if self._thread is None:
+            return
+        self._accepting = False
+        grace = self.config.manager.close_grace_s if grace_s is None else grace_s
+        deadline = time.monotonic() + grace
+        if not self.config.manager.drain_on_close:
+            with self._cv:
+                queued, self._queue = list(self._queue), deque()
+            for job in queued:  # kept as unfinished in the journal: offered back on the next start
+                self._emit(job, Cancelled("shutdown"))
+        while (self._current or self._queue) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        with self._cv:
+            leftovers = list(self._queue)
+            self._queue.clear()
+            if self._current is not None:  # stopped within a step; the journal keeps it as unfinished
+                self._current.cancel.set()
+        for job in leftovers:
+            self._emit(job, Cancelled("shutdown"))
+        while self._current is not None:
+            await asyncio.sleep(0.02)
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+        for short in list(self._short):
+            self._resolve(short.future, error=ServiceClosed("the service is shutting down"))
+        self._short.clear()
+        self.journal.close()
+
+    # -- short jobs --------------------------------------------------------------------------------
+    async def classify(
+        self,
+        image: Image.Image | bytes,
+        labels: Sequence[str],
+        top_k: int | None = None,
+        templates: str | None = None,
+    ) -> list[Prediction]:
+        labels = self.engine.check_labels(list(labels))
+        im = await self._decode(image)
+        job = _ShortJob(
+            "classify",
+            self._new_future(),
+            images=[im],
+            labels=labels,
+            top_k=top_k or self.config.classify.top_k,
+            templates=templates or self.config.classify.templates,
+        )
+        result: list[Prediction] = await self._submit(job)
+        return result
+
+    async def embed_images(self, images: Sequence[Image.Image | bytes]) -> np.ndarray:
+        decoded = [await self._decode(im) for im in images]
+        result: np.ndarray = await self._submit(_ShortJob("images", self._new_future(), images=decoded))
+        return result
+
+    async def embed_text(self, query: str) -> np.ndarray:
+        from iris.errors import BadRequest
+
+        if not query.strip():
+            raise BadRequest("the query is empty")
+        result: np.ndarray = await self._submit(_ShortJob("text", self._new_future(), text=query))
+        return result
+
+    async def _decode(self, image: Image.Image | bytes) -> Image.Image:
+        if isinstance(image, Image.Image):
+            return image
+        limits = ImageLimits(self.config.images.max_bytes, self.config.images.max_pixels)
+        return await asyncio.to_thread(load_image, image, limits)
+
+    def _new_future(self) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().create_future()
+
+    async def _submit(self, job: _ShortJob) -> Any:
+        if not self._accepting:
+            raise ServiceClosed("the service is shutting down")
+        with self._cv:
+            self._short.append(job)
+            self._cv.notify_all()
+        return await job.future
+
+    # -- generations -------------------------------------------------------------------------------
+    def imagine(
+        self,
+        request: ImagineRequest,
+        owner: str,
+        meta: dict[str, str] | None = None,
+        job_id: str | None = None,
+    ) -> JobHandle:
+        """Queue a generation; raises QueueFull, UserLimitReached, BadRequest or ServiceClosed at once."""
+        if not self._accepting:
+            raise ServiceClosed("the service is shutting down")
+        im, mc = self.config.imagine, self.config.manager
+        request = request.validated(im.max_steps, im.max_side, im.max_prompt_chars)
+        job_id = job_id or uuid.uuid4().hex[:12]
+        with self._cv:
+            active = sum(j.owner == owner for j in self._queue)
+            active += self._current is not None and self._current.owner == owner
+            if len(self._queue) >= mc.max_queue:
+                raise QueueFull(len(self._queue))
+            limit = mc.max_queued_per_user + mc.max_running_per_user
+            if active >= limit:
+                raise UserLimitReached(
+                    f"you already have {active} generation{'s' * (active > 1)} queued or running "
+                    f"(the limit is {limit}); wait for one to finish or cancel it"
+                )
+            handle = JobHandle(self, job_id, owner, request)
+            job = _Job(job_id, owner, request, handle)
+            self.journal.add(job_id, owner, request, meta or {})
+            self._queue.append(job)
+            self._publish_positions_locked()
+            self._cv.notify_all()
+        return handle
+
+    def unfinished(self) -> list[JournalEntry]:
+        """Jobs the previous run left queued or running, for the caller to resubmit or discard."""
+        return list(self._unfinished.values())
+
+    def resubmit(self, entry: JournalEntry) -> JobHandle:
+        handle = self.imagine(entry.request, entry.owner, entry.meta, job_id=entry.id)
+        self._unfinished.pop(entry.id, None)
+        return handle
+
+    def discard(self, entry: JournalEntry) -> None:
+        self.journal.update(entry.id, state="cancelled", error="discarded after a restart")
+        self._unfinished.pop(entry.id, None)
+
+    def _cancel(self, job_id: str) -> bool:
+        with self._cv:
+            for job in self._queue:
+                if job.id == job_id:
+                    self._queue.remove(job)
+                    self.journal.update(job_id, state="cancelled")
+                    self._emit(job, Cancelled())
+                    self._publish_positions_locked()
+                    return True
+            if self._current is not None and self._current.id == job_id and not self._current.cancel.is_set():
+                self._current.cancel.set()
+                self._cv.notify_all()
+                return True
+        return False
+
+    def status(self) -> ManagerStatus:
+        with self._cv:
+            cur = self._current
+            running = None
+            if cur is not None:
+                step = cur.gen.steps_done if cur.gen else 0
+                running = JobSummary(cur.id, cur.owner, "running", step, cur.request.steps, 0)
+            queued = [
+                JobSummary(j.id, j.owner, "queued", 0, j.request.steps, i)
+                for i, j in enumerate(self._queue, 1)
+            ]
+        eng = self.engine
+        models = [m for m in (eng._clip and eng._clip.name, eng._vqgan and "vqgan") if m]
+        device = str(eng._clip.device) if eng._clip else self.config.device
+        return ManagerStatus(len(queued), running, queued, device, models, self._step_time)
+
+    # -- the worker thread -------------------------------------------------------------------------
+    def _worker(self) -> None:
+        while True:
+            with self._cv:
+                while not (self._short or self._queue or self._current or self._stop):
+                    self._cv.wait()
+                if self._stop:
+                    return
+                short = self._take_short_locked()
+                job = self._current
+                start = None
+                if not short and job is None and self._queue:
+                    start = self._current = self._queue.popleft()
+                    self._publish_positions_locked()
+            try:
+                if short:
+                    self._run_short(short)
+                elif start is not None:
+                    self._start_job(start)
+                elif job is not None:
+                    self._step_job(job)
+            except Exception:  # the worker must survive anything
+                log.exception("inference worker: unexpected error")
+
+    def _take_short_locked(self) -> list[_ShortJob]:
+        """Waiting short jobs, up to the batch size counted in images (at least one job)."""
+        batch: list[_ShortJob] = []
+        images = 0
+        limit = self.config.manager.short_batch_size
+        while self._short:
+            nxt = self._short[0]
+            if batch and images + len(nxt.images) > limit:
+                break
+            batch.append(self._short.popleft())
+            images += len(nxt.images)
+        return batch
+
+    def _run_short(self, batch: list[_ShortJob]) -> None:
+        try:
+            self._run_short_batch(batch)
+        except Exception as e:
+            if len(batch) == 1:
+                self._resolve(batch[0].future, error=self._user_error(e))
+                return
+            log.warning("a batch of %d short jobs failed; running them one by one", len(batch))
+            for job in batch:  # so a bad job fails alone
+                self._run_short([job])
+
+    def _run_short_batch(self, batch: list[_ShortJob]) -> None:
+        clip = self.engine.clip
+        self.forward_batches += 1
+        with_images = [j for j in batch if j.kind in ("classify", "images")]
+        if with_images:
+            all_images = [im for j in with_images for im in j.images]
+            feats = clip.encode_images(all_images, batch_size=max(1, len(all_images)))  # one forward pass
+            offset = 0
+            for j in with_images:
+                own = feats[offset : offset + len(j.images)]
+                offset += len(j.images)
+                if j.kind == "images":
+                    self._resolve(j.future, own)
+                    continue
+                try:
+                    probs = clip.classify_probs(own, j.labels, j.templates)[0]
+                    self._resolve(j.future, top_predictions(probs, j.labels, j.top_k))
+                except Exception as e:
+                    self._resolve(j.future, error=self._user_error(e))
+        texts = [j for j in batch if j.kind == "text"]
+        if texts:
+            vecs = clip.encode_texts([j.text for j in texts])
+            for j, v in zip(texts, vecs, strict=True):
+                self._resolve(j.future, v)
+        for j in batch:
+            if j.kind == "load":
+                _ = self.engine.vqgan
+                self._resolve(j.future, None)
+
+    def _start_job(self, job: _Job) -> None:
+        if job.cancel.is_set():
+            self._end(job, Cancelled(), "cancelled")
+            return
+        try:
+            gen = self.engine.new_generation(job.request)
+        except Exception as e:
+            self._end(job, Failed(self._user_error(e)), "failed", error=str(e))
+            return
+        gen.before_step = self.step_hook
+        job.gen = gen
+        job.started_at = time.monotonic()
+        if job.request.seed is None:  # a retry after out-of-memory keeps the same seed
+            job.request = dataclasses.replace(job.request, seed=gen.seed)
+        self.journal.update(job.id, state="running", seed=gen.seed, step=0)
+        w, h = gen.size
+        reduced = "; ".join(job.reduced) or None
+        self._emit(job, Started(gen.seed, w, h, job.request.cutouts, reduced))
+
+    def _step_job(self, job: _Job) -> None:
+        gen = job.gen
+        assert gen is not None and job.started_at is not None
+        if job.cancel.is_set():
+            state = "cancelled" if self._accepting else "running"  # a shutdown keeps it for the next start
+            self._end(job, Cancelled("cancelled" if self._accepting else "shutdown"), state)
+            return
+        elapsed = time.monotonic() - job.started_at
+        deadline = self.config.manager.job_deadline_s
+        if elapsed > deadline:
+            err = JobTimedOut(
+                f"the generation ran past its {deadline:g} s limit after {gen.steps_done} steps"
+            )
+            self._end(job, Failed(err), "failed", error=err.message)
+            return
+        t0 = time.perf_counter()
+        try:
+            loss = gen.step()
+        except torch.OutOfMemoryError:
+            self._retry_after_oom(job)
+            return
+        except Exception as e:
+            self._end(job, Failed(self._user_error(e)), "failed", error=str(e))
+            return
+        dt = time.perf_counter() - t0
+        self._step_time = dt if self._step_time is None else 0.8 * self._step_time + 0.2 * dt
+        every = self.config.imagine.preview_every
+        preview = None
+        if gen.steps_done % every == 0 and not gen.done:
+            preview = png_bytes(gen.preview())
+            self.journal.update(job.id, step=gen.steps_done)
+            with self._cv:
+                self._publish_positions_locked(force=True)
+        remaining = (gen.total - gen.steps_done) * self._step_time
+        self._emit(job, Progress(gen.steps_done, gen.total, loss, remaining, preview))
+        if gen.done:
+            result = gen.result()
+            reduced = "; ".join(job.reduced) or None
+            done = Done(result.image, result.seed, result.steps, result.clip_score, reduced)
+            self._end(job, done, "done")
+
+    def _retry_after_oom(self, job: _Job) -> None:
+        """Free memory, then retry with fewer cutouts, then with a smaller size; then fail."""
+        job.gen = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        job.oom_tries += 1
+        req = job.request
+        if job.oom_tries == 1 and req.cutouts > 1:
+            new = dataclasses.replace(req, cutouts=max(1, req.cutouts // 2))
+            job.reduced.append(f"cutouts {req.cutouts} → {new.cutouts}")
+        elif job.oom_tries <= 2 and min(req.width, req.height) > 32:
+            w, h = max(32, int(req.width * 0.75)), max(32, int(req.height * 0.75))
+            new = dataclasses.replace(req, width=w, height=h)
+            job.reduced.append(f"size {req.width}×{req.height} → {w}×{h}")
+        else:
+            err = OutOfMemory(
+                f"the device ran out of memory even at {req.width}×{req.height} with {req.cutouts} cutouts; "
+                "try a smaller size"
+            )
+            self._end(job, Failed(err), "failed", error=err.message)
+            return
+        log.warning("job %s ran out of memory; retrying with %s", job.id, job.reduced[-1])
+        job.request = new
+        self._start_job(job)
+
+    def _end(self, job: _Job, event: Event, state: str, error: str | None = None) -> None:
+        changes: dict[str, Any] = {"state": state}
+        if error is not None:
+            changes["error"] = error
+        if job.gen is not None:
+            changes["step"] = job.gen.steps_done
+        self.journal.update(job.id, **changes)
+        with self._cv:
+            if self._current is job:
+                self._current = None
+            job.gen = None
+        self._emit(job, event)
+
+    # -- plumbing ----------------------------------------------------------------------------------
+    def _publish_positions_locked(self, force: bool = False) -> None:
+        """Tell each queued job its position and ETA when they change (call with the lock held)."""
+        st = self._step_time
+        ahead = 0
+        if self._current is not None:
+            done = self._current.gen.steps_done if self._current.gen else 0
+            ahead = self._current.request.steps - done
+        for pos, job in enumerate(self._queue, 1):
+            ahead += job.request.steps
+            if force or job.last_position != pos:
+                job.last_position = pos
+                self._emit(job, Queued(pos, ahead * st if st is not None else None))
+
+    def _emit(self, job: _Job, event: Event) -> None:
+        self._call_soon(job.handle._publish, event)
+
+    def _resolve(
+        self, future: asyncio.Future[Any], value: Any = None, error: BaseException | None = None
+    ) -> None:
+        def settle() -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(value)
+
+        self._call_soon(settle)
+
+    def _call_soon(self, fn: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        if _running_loop() is loop:  # already on the loop's thread: deliver in order, now
+            fn(*args)
+        else:
+            loop.call_soon_threadsafe(fn, *args)
+
+    @staticmethod
+    def _user_error(e: BaseException) -> IrisError:
+        if isinstance(e, IrisError):
+            return e
+        error_id = uuid.uuid4().hex[:8]
+        log.error("job failed unexpectedly (error id %s)", error_id, exc_info=e)
+        return InternalError(f"something went wrong on our side (error id {error_id})")
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
