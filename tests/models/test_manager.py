@@ -176,6 +176,7 @@ async def test_deadline_stops_the_job_and_the_worker_goes_on(tmp_path, shared_en
 
 async def test_a_failing_job_fails_alone(tmp_path, shared_engine):
     async with _manager(tmp_path, shared_engine) as m:
+
         def hook(gen):
             if "boom" in gen.request.prompt:
                 raise ValueError("synthetic bug")
@@ -228,6 +229,7 @@ async def test_queue_positions_and_eta_move(tmp_path, shared_engine):
 
 async def test_out_of_memory_retries_with_fewer_cutouts(tmp_path, shared_engine):
     async with _manager(tmp_path, shared_engine) as m:
+
         def hook(gen):
             if gen.request.cutouts > 1:
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -243,6 +245,7 @@ async def test_out_of_memory_retries_with_fewer_cutouts(tmp_path, shared_engine)
 
 async def test_out_of_memory_everywhere_fails_clearly(tmp_path, shared_engine):
     async with _manager(tmp_path, shared_engine) as m:
+
         def hook(gen):
             raise torch.OutOfMemoryError("CUDA out of memory")
 
