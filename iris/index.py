@@ -223,7 +223,9 @@ def index_folder(
         report.embedded += len({p[1] for p in pending})
         pending.clear()
 
-    for n, path in enumerate(files, 1):
+    for n, path in enumerate(files):
+        if progress is not None:
+            progress(n, len(files))
         key = path.relative_to(root).as_posix()
         seen.add(key)
         st = path.stat()
@@ -242,29 +244,24 @@ def index_folder(
             continue
         try:
             data = read_image_bytes(path, limits, name=key)
+            h = image_sha256(data)
+            known_content = not index.missing_vectors([h], model_id) or any(p[1] == h for p in pending)
+            image = None if known_content else load_image(data, limits, name=key)
         except BadImage as e:
             index.upsert(scope, key, None, meta, status="bad")
             report.bad += 1
             report.problems.append(e.message)
             continue
-        h = image_sha256(data)
-        if not index.missing_vectors([h], model_id) or any(p[1] == h for p in pending):
+        if image is None:
             index.upsert(scope, key, h, meta)
             report.reused += 1
-        else:
-            try:
-                image = load_image(data, limits, name=key)
-            except BadImage as e:
-                index.upsert(scope, key, None, meta, status="bad")
-                report.bad += 1
-                report.problems.append(e.message)
-                continue
-            pending.append((key, h, meta, image))
-            if len(pending) >= batch_size:
-                flush()
-        if progress is not None:
-            progress(n, len(files))
+            continue
+        pending.append((key, h, meta, image))
+        if len(pending) >= batch_size:
+            flush()
     flush()
+    if progress is not None:
+        progress(len(files), len(files))
     gone = [k for k in known if k not in seen]
     if gone:
         report.removed = index.remove(scope, gone)

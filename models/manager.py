@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,83 +37,12 @@ from iris.images import ImageLimits, load_image
 from iris.jobs import ImagineRequest
 from models.clip import Prediction, top_predictions
 from models.engine import Engine
-from models.events import TERMINAL, Cancelled, Done, Event, Failed, Progress, Queued, Started
+from models.events import Cancelled, Done, Event, Failed, Progress, Queued, Started
 from models.generate import Generation, png_bytes
+from models.handle import InternalError, JobHandle, JobSummary, ManagerStatus
 from models.journal import Journal, JournalEntry
 
 log = logging.getLogger(__name__)
-
-
-class InternalError(IrisError):
-    """Something unexpected broke a job; the message carries an id to find the traceback in the log."""
-
-
-@dataclass(frozen=True)
-class JobSummary:
-    id: str
-    owner: str
-    state: str  # "queued" or "running"
-    step: int
-    total: int
-    position: int  # 0 while running, 1.. while queued
-
-
-@dataclass(frozen=True)
-class ManagerStatus:
-    queue_length: int
-    running: JobSummary | None
-    queued: list[JobSummary]
-    device: str
-    models: list[str]
-    step_time_s: float | None  # recent seconds per generation step (moving average)
-
-
-class JobHandle:
-    """The caller's side of one generation job. Use from the event loop's thread."""
-
-    def __init__(self, manager: InferenceManager, job_id: str, owner: str, request: ImagineRequest) -> None:
-        self.id = job_id
-        self.owner = owner
-        self.request = request
-        self._manager = manager
-        self._events: asyncio.Queue[Event] = asyncio.Queue()
-        self._future: asyncio.Future[Done] = asyncio.get_running_loop().create_future()
-        self._future.add_done_callback(lambda f: f.cancelled() or f.exception())  # never "not retrieved"
-        self.last_event: Event | None = None
-
-    async def events(self) -> AsyncIterator[Event]:
-        """Every event in order, ending with Done, Failed or Cancelled."""
-        while True:
-            event = await self._events.get()
-            yield event
-            if isinstance(event, TERMINAL):
-                return
-
-    def cancel(self) -> bool:
-        """Remove the job from the queue, or stop it within one step. False if it already ended."""
-        return self._manager._cancel(self.id)
-
-    async def result(self) -> Done:
-        """The Done event; raises the job's error if it failed or was cancelled."""
-        return await asyncio.shield(self._future)
-
-    @property
-    def finished(self) -> bool:
-        return self._future.done()
-
-    def _publish(self, event: Event) -> None:
-        self.last_event = event
-        self._events.put_nowait(event)
-        if self._future.done():
-            return
-        if isinstance(event, Done):
-            self._future.set_result(event)
-        elif isinstance(event, Failed):
-            self._future.set_exception(event.error)
-        elif isinstance(event, Cancelled):
-            from iris.errors import JobCancelled
-
-            self._future.set_exception(JobCancelled(f"the job was {event.reason}"))
 
 
 @dataclass(eq=False)

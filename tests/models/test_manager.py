@@ -19,7 +19,8 @@ from iris.errors import JobCancelled, JobTimedOut, OutOfMemory, QueueFull, UserL
 from iris.jobs import ImagineRequest
 from models.engine import Engine
 from models.events import Cancelled, Done, Failed, Progress, Queued, Started
-from models.manager import InferenceManager, InternalError
+from models.handle import InternalError
+from models.manager import InferenceManager
 from models.toy import world
 
 ROOT = Path(__file__).resolve().parents[2]
