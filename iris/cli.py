@@ -235,6 +235,28 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from bot.run import main as run_bot
+
+    run_bot(cfg)
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    import asyncio
+
+    from bot.run import read_token, sync_only
+
+    if not args.global_ and not cfg.discord.dev_guilds:
+        raise BadRequest("nothing to sync: pass --global, or list servers in discord.dev_guilds")
+    names = asyncio.run(sync_only(cfg, read_token(), args.global_))
+    where = "globally" if args.global_ else f"to {len(cfg.discord.dev_guilds)} dev server(s)"
+    _emit(args, {"synced": names, "global": args.global_}, f"synced {', '.join(names)} {where}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -319,6 +341,24 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("names", nargs="*", metavar="NAME")
     d.add_argument("--list", action="store_true", help="list the known presets")
     d.set_defaults(func=cmd_download)
+
+    r = sub.add_parser(
+        "run",
+        parents=[common],
+        help="start the Discord bot",
+        description="Start the Discord bot. The token comes from DISCORD_TOKEN (environment or .env file). "
+        "Commands are synced to discord.dev_guilds on start; `iris sync --global` publishes them everywhere.",
+    )
+    r.set_defaults(func=cmd_run)
+    s = sub.add_parser(
+        "sync",
+        parents=[common],
+        help="publish the slash commands",
+        description="Publish the slash commands to discord.dev_guilds, or with --global to every server "
+        "(global changes can take up to an hour to appear).",
+    )
+    s.add_argument("--global", dest="global_", action="store_true", help="sync globally")
+    s.set_defaults(func=cmd_sync)
     return p
 
 

@@ -84,6 +84,24 @@ class ManagerConfig:
 
 
 @dataclass(frozen=True)
+class GuildConfig:
+    imagine_channels: list[str] = field(default_factory=list)  # channel ids where /imagine works; []: all
+    max_queued_per_user: int | None = None  # overrides manager.max_queued_per_user in this server
+    default_labels: list[str] | None = None  # overrides classify.default_labels in this server
+
+
+@dataclass(frozen=True)
+class DiscordConfig:
+    dev_guilds: list[str] = field(default_factory=list)  # server ids that get the commands at start-up
+    none_threshold: float = 0.25  # /classify notes "none of these" when the best probability is lower
+    banned_prompts: list[str] = field(default_factory=list)  # regexes (case-insensitive) refused politely
+    thread_per_job: bool = False  # open a thread per /imagine (for busy channels)
+    edits_per_window: int = 4  # progress edits of one message at most per window (Discord allows ~5/5 s)
+    edit_window_s: float = 5.0  # seconds
+    guilds: dict[str, GuildConfig] = field(default_factory=dict)  # per-server overrides, by server id
+
+
+@dataclass(frozen=True)
 class ImagesConfig:
     max_bytes: int = 25 * 2**20  # largest accepted image file, bytes
     max_pixels: int = 40_000_000  # largest accepted width × height (decompression-bomb guard)
@@ -104,6 +122,7 @@ class Config:
     vqgan: VQGANConfig = field(default_factory=VQGANConfig)
     imagine: ImagineConfig = field(default_factory=ImagineConfig)
     manager: ManagerConfig = field(default_factory=ManagerConfig)
+    discord: DiscordConfig = field(default_factory=DiscordConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
 
@@ -139,6 +158,11 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         if value is None:
             return None
         raise ConfigError(f"{where}: expected nothing (null), got {value!r}")
+    if origin is dict:
+        _, val_t = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _check_type(v, val_t, f"{where}.{k}") for k, v in value.items()}
     if origin is list:
         (item,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -199,6 +223,17 @@ def _validate(cfg: Config) -> None:
     for key, value in positives.items():
         if value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")
+    import re
+
+    for pattern in cfg.discord.banned_prompts:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ConfigError(f"discord.banned_prompts: {pattern!r} is not a valid regex ({e})") from e
+    if not 0 <= cfg.discord.none_threshold <= 1:
+        raise ConfigError("discord.none_threshold must be between 0 and 1")
+    if cfg.discord.edits_per_window < 1 or cfg.discord.edit_window_s <= 0:
+        raise ConfigError("discord.edits_per_window and edit_window_s must be positive")
     if im.lr <= 0:
         raise ConfigError(f"imagine.lr must be positive, got {im.lr}")
     if im.steps > im.max_steps or max(im.width, im.height) > im.max_side:

@@ -198,8 +198,12 @@ class InferenceManager:
         owner: str,
         meta: dict[str, str] | None = None,
         job_id: str | None = None,
+        max_queued_per_user: int | None = None,
     ) -> JobHandle:
-        """Queue a generation; raises QueueFull, UserLimitReached, BadRequest or ServiceClosed at once."""
+        """Queue a generation; raises QueueFull, UserLimitReached, BadRequest or ServiceClosed at once.
+
+        `max_queued_per_user` overrides the config's cap (per-server settings).
+        """
         if not self._accepting:
             raise ServiceClosed("the service is shutting down")
         im, mc = self.config.imagine, self.config.manager
@@ -210,7 +214,8 @@ class InferenceManager:
             active += self._current is not None and self._current.owner == owner
             if len(self._queue) >= mc.max_queue:
                 raise QueueFull(len(self._queue))
-            limit = mc.max_queued_per_user + mc.max_running_per_user
+            queued_cap = mc.max_queued_per_user if max_queued_per_user is None else max_queued_per_user
+            limit = queued_cap + mc.max_running_per_user
             if active >= limit:
                 raise UserLimitReached(
                     f"you already have {active} generation{'s' * (active > 1)} queued or running "
@@ -236,6 +241,18 @@ class InferenceManager:
     def discard(self, entry: JournalEntry) -> None:
         self.journal.update(entry.id, state="cancelled", error="discarded after a restart")
         self._unfinished.pop(entry.id, None)
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a queued or running job by id (e.g. from a button after a restart of the bot)."""
+        return self._cancel(job_id)
+
+    def handle(self, job_id: str) -> JobHandle | None:
+        """The live handle of a queued or running job."""
+        with self._cv:
+            for job in (self._current, *self._queue):
+                if job is not None and job.id == job_id:
+                    return job.handle
+        return None
 
     def _cancel(self, job_id: str) -> bool:
         with self._cv:

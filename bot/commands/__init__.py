@@ -1,0 +1,1 @@
+"""One extension per command; each module ends in `async def setup(bot)`."""
