@@ -230,6 +230,7 @@ def load_clip(
     """
     from models.weights import CLIP_PRESETS
 
+    known = None
     dev = resolve_device(device)
     dtype = resolve_dtype(precision, dev)
     if arch_config is not None:
@@ -256,6 +257,17 @@ def load_clip(
         if weights is not None:
             _load_state(model, _read_weights(weights), weights)
             name = f"{name}@{weights.name}" if checkpoint else name
+    elif known is not None and cache_dir is not None:
+        # Registry presets go through our cache (and its clear offline messages), then load from the file.
+        from models.weights import download_clip
+
+        local = download_clip(preset, Path(cache_dir), offline=offline)
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                arch, pretrained=str(local), device="cpu"
+            )
+        except Exception as e:
+            raise WeightsCorrupt(f"cannot load CLIP weights {local}: {e}") from e
     else:
         clip_cache = Path(cache_dir) / "clip" if cache_dir else None
         if offline:
