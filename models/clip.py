@@ -6,11 +6,12 @@ never need torch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,21 @@ def top_predictions(probs: np.ndarray, labels: Sequence[str], top_k: int) -> lis
     return [Prediction(labels[i], float(probs[i])) for i in order]
 
 
+@contextlib.contextmanager
+def _quiet_random_init_warning() -> Iterator[None]:
+    """open_clip warns "initialized randomly" on the root logger when it is given no weights."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded")
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsUnavailable(f"CLIP weights file not found: {path} (clip.checkpoint in the config)")
@@ -253,7 +269,8 @@ def load_clip(
         weights = Path(checkpoint) if checkpoint else None
 
     if weights is not None or tag is None:
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None, device="cpu")
+        with _quiet_random_init_warning():  # the weights are loaded right below
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None, device="cpu")
         if weights is not None:
             _load_state(model, _read_weights(weights), weights)
             name = f"{name}@{weights.name}" if checkpoint else name

@@ -7,6 +7,7 @@ GumbelQuantize), reads taming YAML configs, and loads Lightning `.ckpt` files (o
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import pickle
@@ -76,7 +77,8 @@ class VQGAN(nn.Module):
         self.cfg = cfg
         dd = cfg.ddconfig
         self.encoder = Encoder(**dd)
-        self.decoder = Decoder(**dd)
+        with contextlib.redirect_stdout(io.StringIO()):  # taming's Decoder prints its z shape to stdout
+            self.decoder = Decoder(**dd)
         self.quant_conv = nn.Conv2d(dd["z_channels"], cfg.embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, dd["z_channels"], 1)
         self.quantize: nn.Module

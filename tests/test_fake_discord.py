@@ -1,0 +1,364 @@
+"""The fake Discord in tests/fake_discord, driven by the real discord.py client over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import discord
+import pytest
+from discord.ext import commands
+
+from tests.fake_discord import Channel, FakeDiscord, Guild, Member
+
+
+@dataclass
+class Seen:
+    """What the bot saw and what went wrong for it, written by its handlers."""
+
+    messages: list[discord.Message] = field(default_factory=list)
+    edits: list[str] = field(default_factory=list)  # content after each edit
+    deleted: list[int] = field(default_factory=list)  # message ids, single and bulk deletes
+    clicks: list[int] = field(default_factory=list)  # user ids
+    errors: list[discord.HTTPException] = field(default_factory=list)
+    gate: asyncio.Event = field(default_factory=asyncio.Event)  # holds /slow and /sleepy until the test says
+
+
+class PressView(discord.ui.View):
+    def __init__(self, seen: Seen) -> None:
+        super().__init__(timeout=None)
+        self.seen = seen
+
+    @discord.ui.button(label="Press", custom_id="press:v1")
+    async def press(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        self.seen.clicks.append(interaction.user.id)
+        await interaction.response.edit_message(content=f"pressed by {interaction.user.name}", view=None)
+
+
+def make_bot(guild_id: int, seen: Seen) -> commands.Bot:
+    """A tiny bot whose commands exercise one Discord behaviour each."""
+    intents = discord.Intents.default()
+    intents.message_content = True
+    bot = commands.Bot(command_prefix="!", intents=intents, help_command=None, guild_ready_timeout=0.1)
+    tree = bot.tree
+
+    @tree.command(description="Say it back, after thinking")
+    async def echo(interaction: discord.Interaction, text: str) -> None:
+        await interaction.response.defer()
+        await interaction.followup.send(text)
+
+    @tree.command(description="A button")
+    async def press(interaction: discord.Interaction) -> None:
+        await interaction.response.send_message("press it", view=PressView(seen))
+
+    @tree.command(description="Only for you")
+    async def secret(interaction: discord.Interaction) -> None:
+        await interaction.response.send_message("only you", ephemeral=True)
+
+    @tree.command(description="Reverse a file")
+    async def flip(interaction: discord.Interaction, file: discord.Attachment) -> None:
+        data = await file.read()
+        try:
+            await interaction.response.send_message(
+                "flipped", file=discord.File(io.BytesIO(data[::-1]), "f.bin")
+            )
+        except discord.HTTPException as exc:
+            seen.errors.append(exc)
+
+    @tree.command(description="Post a draft, then edit it")
+    async def draft(interaction: discord.Interaction, edits: int = 1) -> None:
+        await interaction.response.defer(ephemeral=True)
+        message = await interaction.channel.send("draft")
+        for i in range(edits):
+            await message.edit(content=f"final {i + 1}")
+        await interaction.followup.send("done")
+
+    @tree.command(description="Defer, then answer when the test says")
+    async def slow(interaction: discord.Interaction) -> None:
+        await interaction.response.defer()
+        await seen.gate.wait()
+        try:
+            await interaction.followup.send("late")
+        except discord.HTTPException as exc:
+            seen.errors.append(exc)
+
+    @tree.command(description="Acknowledge only when the test says")
+    async def sleepy(interaction: discord.Interaction) -> None:
+        await seen.gate.wait()
+        try:
+            await interaction.response.send_message("too late")
+        except discord.HTTPException as exc:
+            seen.errors.append(exc)
+
+    @tree.context_menu(name="Classify image")
+    async def classify(interaction: discord.Interaction, message: discord.Message) -> None:
+        names = ", ".join(a.filename for a in message.attachments)
+        await interaction.response.send_message(f"{len(message.attachments)} image(s): {names}")
+
+    @bot.event
+    async def on_message(message: discord.Message) -> None:
+        seen.messages.append(message)
+
+    @bot.event
+    async def on_raw_message_edit(payload: discord.RawMessageUpdateEvent) -> None:
+        seen.edits.append(payload.message.content)
+
+    @bot.event
+    async def on_raw_message_delete(payload: discord.RawMessageDeleteEvent) -> None:
+        seen.deleted.append(payload.message_id)
+
+    @bot.event
+    async def on_raw_bulk_message_delete(payload: discord.RawBulkMessageDeleteEvent) -> None:
+        seen.deleted.extend(sorted(payload.message_ids))
+
+    async def setup_hook() -> None:
+        guild = discord.Object(guild_id)
+        tree.copy_global_to(guild=guild)
+        await tree.sync(guild=guild)
+
+    bot.setup_hook = setup_hook  # type: ignore[method-assign]
+    return bot
+
+
+@dataclass
+class World:
+    fake: FakeDiscord
+    guild: Guild
+    channel: Channel
+    alice: Member
+    bot: commands.Bot
+    seen: Seen
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[World]:
+    async with FakeDiscord() as fake:
+        guild = fake.add_guild("Iris test")
+        channel = fake.add_channel(guild, "general")
+        alice = fake.add_member(guild, "alice")
+        seen = Seen()
+        bot = make_bot(guild.id, seen)
+        async with fake.run_bot(bot):
+            yield World(fake, guild, channel, alice, bot, seen)
+
+
+async def test_slash_command_defers_then_its_followup_fills_the_reply(world: World):
+    fake, channel, alice = world.fake, world.channel, world.alice
+    synced = {c["name"]: c for c in fake.commands[world.guild.id]}
+    assert {"echo", "press", "secret", "flip", "draft", "slow", "sleepy"} <= set(synced)
+    assert synced["echo"]["options"][0]["name"] == "text" and synced["echo"]["options"][0]["type"] == 3
+    with pytest.raises(LookupError, match="was synced"):
+        await fake.invoke_slash("nope", user=alice, channel=channel)
+
+    interaction = await fake.invoke_slash("echo", user=alice, channel=channel, text="hi")
+    reply = await interaction.wait_original()
+
+    assert interaction.deferred and not interaction.ephemeral
+    assert reply.content == "hi" and reply.author is fake.bot and not reply.loading
+    assert interaction.followups == [reply]  # the first followup after a defer fills the "thinking" message
+    assert [m.content for m in fake.channel_messages(channel)] == ["hi"]
+    assert fake.count_requests("POST", r"^/interactions/\d+/[^/]+/callback$", status=200) == 1
+
+
+async def test_click_reaches_the_view_callback(world: World):
+    fake, channel = world.fake, world.channel
+    bob = fake.add_member(world.guild, "bob")
+    interaction = await fake.invoke_slash("press", user=world.alice, channel=channel)
+    message = await interaction.wait_original()
+    assert message.find_component("Press")["custom_id"] == "press:v1"
+
+    click = await fake.click(message, "Press", user=bob)
+    await click.wait_response()
+
+    assert world.seen.clicks == [bob.id]
+    assert click.callback_type == 7  # UPDATE_MESSAGE
+    assert message.content == "pressed by bob" and message.components == [] and message.edits == 1
+
+
+async def test_ephemeral_reply_is_seen_by_its_user_only(world: World):
+    fake, channel, alice = world.fake, world.channel, world.alice
+    interaction = await fake.invoke_slash("secret", user=alice, channel=channel)
+    reply = await interaction.wait_original()
+
+    assert interaction.ephemeral and reply.ephemeral
+    assert fake.channel_messages(channel) == []
+    assert fake.channel_messages(channel, as_user=alice) == [reply]
+    assert fake.channel_messages(channel, as_user=fake.add_member(world.guild, "bob")) == []
+    assert not world.seen.messages  # no MESSAGE_CREATE for an ephemeral message
+
+
+async def test_attachments_travel_both_ways_with_their_bytes(world: World):
+    fake, channel = world.fake, world.channel
+    payload = bytes(range(256)) * 3
+    interaction = await fake.invoke_slash(
+        "flip", user=world.alice, channel=channel, file=("in.bin", payload, "application/octet-stream")
+    )
+    reply = await interaction.wait_original()
+
+    assert reply.content == "flipped"
+    [attachment] = reply.attachments
+    assert attachment.filename == "f.bin" and attachment.data == payload[::-1]
+    assert fake.count_requests("GET", r"^/cdn/attachments/") == 1  # the bot read the upload from the CDN
+
+
+async def test_upload_over_the_interaction_limit_is_refused(world: World):
+    fake = world.fake
+    fake.attachment_size_limit = 1024
+    interaction = await fake.invoke_slash(
+        "flip", user=world.alice, channel=world.channel, file=("a", b"x" * 2048)
+    )
+
+    error = await fake.wait_for(lambda: world.seen.errors and world.seen.errors[0])
+    assert interaction.payload["attachment_size_limit"] == 1024
+    assert error.status == 413 and error.code == 40005
+    assert interaction.original is None
+
+
+async def test_injected_429_on_an_edit_is_retried_and_the_edit_lands(world: World):
+    fake, channel = world.fake, world.channel
+    fake.inject_429("PATCH", r"^/channels/\d+/messages/\d+$", count=1, retry_after=0.2)
+    interaction = await fake.invoke_slash("draft", user=world.alice, channel=channel)
+    done = await interaction.wait_original()
+
+    assert done.content == "done" and done.ephemeral
+    [draft] = fake.channel_messages(channel)
+    assert draft.content == "final 1" and draft.edits == 1
+    assert fake.count_requests("PATCH", r"^/channels/\d+/messages/\d+$", status=429) == 1
+    assert fake.count_requests("PATCH", r"^/channels/\d+/messages/\d+$", status=200) == 1
+
+
+async def test_rate_limit_headers_make_the_client_pace_itself(world: World):
+    fake, channel = world.fake, world.channel
+    fake.limiter.limits["message_edit"] = (2, 0.5)  # 2 edits per 0.5 s per channel
+    interaction = await fake.invoke_slash("draft", user=world.alice, channel=channel, edits=3)
+    await interaction.wait_original()
+
+    assert fake.channel_messages(channel)[0].content == "final 3"
+    assert fake.count_requests("PATCH", r"^/channels/", status=200) == 3
+    assert fake.count_requests("PATCH", r"^/channels/", status=429) == 0  # it waited instead
+
+
+async def test_events_after_a_dropped_connection_arrive_after_resume(world: World):
+    fake, channel, seen = world.fake, world.channel, world.seen
+    await fake.post_message(channel, world.alice, "before")
+    await fake.wait_for(lambda: seen.messages)
+
+    await fake.drop_connection()
+    await fake.post_message(channel, world.alice, "after")  # queued, then replayed on RESUME
+    await fake.wait_for(lambda: len(seen.messages) == 2)
+
+    assert [m.content for m in seen.messages] == ["before", "after"]
+    assert fake.gateway.identifies == 1 and fake.gateway.resumes == 1
+    assert fake.gateway.paths == ["/", "/resume"]  # it resumed at READY's resume_gateway_url
+
+
+async def test_followup_after_15_minutes_fails_with_invalid_webhook_token(world: World):
+    fake = world.fake
+    interaction = await fake.invoke_slash("slow", user=world.alice, channel=world.channel)
+    await interaction.wait_response()
+    assert interaction.deferred and interaction.original.loading
+
+    fake.clock.advance(15 * 60 + 1)
+    world.seen.gate.set()
+    error = await fake.wait_for(lambda: world.seen.errors and world.seen.errors[0])
+
+    assert isinstance(error, discord.HTTPException) and error.status == 401 and error.code == 50027
+    assert interaction.original.loading  # still "thinking": nothing was delivered
+
+
+async def test_acknowledging_after_3_seconds_is_an_unknown_interaction(world: World):
+    fake = world.fake
+    interaction = await fake.invoke_slash("sleepy", user=world.alice, channel=world.channel)
+    fake.clock.advance(3.5)
+    world.seen.gate.set()
+    error = await fake.wait_for(lambda: world.seen.errors and world.seen.errors[0])
+
+    assert isinstance(error, discord.NotFound) and error.code == 10062
+    assert not interaction.acknowledged
+
+
+async def test_history_pages_newest_first(world: World):
+    fake, channel = world.fake, world.channel
+    for i in range(120):
+        await fake.post_message(channel, world.alice, f"m{i}")
+    first = fake.channel_messages(channel)[0]
+    await fake.wait_for(lambda: len(world.seen.messages) == 120)
+    bot_channel = world.bot.get_channel(channel.id)
+
+    newest_first = [m.content async for m in bot_channel.history(limit=None)]
+    after_first = [m.content async for m in bot_channel.history(limit=None, after=discord.Object(first.id))]
+
+    assert newest_first == [f"m{i}" for i in reversed(range(120))]
+    assert after_first == [f"m{i}" for i in range(1, 120)]
+    assert fake.count_requests("GET", r"^/channels/\d+/messages$") == 4  # 100 + 20, twice
+
+
+async def test_permissions_threads_and_forum_posts(world: World):
+    fake, guild, bot = world.fake, world.guild, world.bot
+    bot_role = guild.roles[1]
+    readonly = fake.add_channel(
+        guild, "rules", overwrites={bot_role: (0, discord.Permissions(send_messages=True))}
+    )
+    forum = fake.add_channel(guild, "ideas", type="forum")
+    thread = fake.add_channel(guild, "chat", type="thread", parent=world.channel)
+    await fake.wait_for(lambda: bot.get_channel(thread.id) and bot.get_channel(forum.id))
+
+    with pytest.raises(discord.Forbidden) as refused:
+        await bot.get_channel(readonly.id).send("hello")
+    assert refused.value.code == 50013
+    await bot.get_channel(thread.id).send("in a thread")
+    post, starter = await fake.add_forum_post(forum, "An idea", world.alice, "what if")
+    await fake.wait_for(lambda: any(m.id == starter.id for m in world.seen.messages))
+    await bot.get_channel(post.id).send("nice idea")
+
+    assert [m.content for m in fake.channel_messages(thread)] == ["in a thread"]
+    assert [m.content for m in fake.channel_messages(post)] == ["what if", "nice idea"]
+    assert (
+        isinstance(bot.get_channel(post.id), discord.Thread)
+        and bot.get_channel(post.id).parent_id == forum.id
+    )
+
+
+async def test_context_menu_on_a_message_with_an_image(world: World):
+    fake = world.fake
+    photo = await fake.post_message(
+        world.channel, world.alice, "look", attachments=[("cat.png", b"\x89PNG fake", "image/png")]
+    )
+    interaction = await fake.invoke_context_menu("Classify image", photo, user=world.alice)
+    reply = await interaction.wait_original()
+
+    assert interaction.payload["data"]["type"] == 3 and interaction.payload["data"]["target_id"] == str(
+        photo.id
+    )
+    assert reply.content == "1 image(s): cat.png"
+
+
+async def test_what_people_edit_and_delete_reaches_the_bot(world: World):
+    fake, channel, seen = world.fake, world.channel, world.seen
+    first, second, third = [await fake.post_message(channel, world.alice, f"m{i}") for i in range(3)]
+
+    await fake.edit_message(first, "m0, edited")
+    await fake.delete_message(first)
+    await fake.bulk_delete([second, third])
+    await fake.wait_for(lambda: len(seen.deleted) == 3)
+
+    assert seen.edits == ["m0, edited"]
+    assert seen.deleted == [first.id, second.id, third.id]
+    assert fake.channel_messages(channel) == []
+
+
+async def test_an_edit_keeps_exactly_the_attachments_it_lists(world: World):
+    fake = world.fake
+    channel = world.bot.get_channel(world.channel.id)
+    sent = await channel.send(
+        "two files",
+        files=[discord.File(io.BytesIO(b"one"), "1.txt"), discord.File(io.BytesIO(b"two"), "2.txt")],
+    )
+
+    await sent.edit(attachments=[sent.attachments[1], discord.File(io.BytesIO(b"three"), "3.txt")])
+
+    [message] = fake.channel_messages(world.channel)
+    assert [(a.filename, a.data) for a in message.attachments] == [("2.txt", b"two"), ("3.txt", b"three")]
+    assert message.edits == 1 and message.content == "two files"
