@@ -178,7 +178,9 @@ def _check_bytes(size: int, limits: ImageLimits, who: str) -> None:
     if size == 0:
         raise BadImage(f"{who} is empty.")
     if size > limits.max_bytes:
-        raise BadImage(f"{who} is too large: {_mib(size)} (the limit is {_mib(limits.max_bytes)}).")
+        raise BadImage(
+            f"{who} is too large: {human_bytes(size)} (the limit is {human_bytes(limits.max_bytes)})."
+        )
 
 
 def _check_pixels(size: tuple[int, int], limit: int, who: str) -> None:
@@ -196,8 +198,21 @@ def _who(name: str | None) -> str:
     return f"'{name}'"
 
 
-def _mib(n: int) -> str:
+def human_bytes(n: int) -> str:
+    """A byte count for people: 512 bytes, 391 KiB, 25.0 MiB."""
+    if n < 2**10:
+        return f"{n} bytes"
+    if n < 2**20:
+        return f"{n / 2**10:.0f} KiB"
     return f"{n / 2**20:.1f} MiB"
 
 
-__all__ = ["DEFAULT_LIMITS", "ImageLimits", "image_sha256", "load_image", "read_image_bytes", "sniff"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "ImageLimits",
+    "human_bytes",
+    "image_sha256",
+    "load_image",
+    "read_image_bytes",
+    "sniff",
+]

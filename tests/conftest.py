@@ -29,3 +29,25 @@ def heldout():
     from models.toy import world
 
     return list(world.samples(240, seed=424_242))
+
+
+@pytest.fixture(scope="session")
+def toy_engine(toy_clip, toy_vqgan):
+    """An engine holding the loaded toy models; `engine_for` gives each test one with its own config."""
+    from pathlib import Path
+
+    from iris.config import load_config
+    from models.engine import Engine
+
+    engine = Engine(load_config(Path(__file__).resolve().parents[1] / "config.toy.yaml"))
+    engine._clip, engine._vqgan = toy_clip, toy_vqgan
+    return engine
+
+
+def engine_for(config, shared):
+    """A new Engine with `config` that reuses `shared`'s loaded models (loading them again costs seconds)."""
+    from models.engine import Engine
+
+    engine = Engine(config)
+    engine._clip, engine._vqgan = shared._clip, shared._vqgan
+    return engine

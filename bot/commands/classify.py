@@ -11,6 +11,7 @@ from discord.ext import commands
 from bot.app import IrisBot
 from bot.errors import reply_error
 from iris.errors import BadImage
+from iris.images import human_bytes
 from iris.jobs import check_labels, parse_labels
 from models.clip import Prediction
 
@@ -68,8 +69,8 @@ class Classify(commands.Cog):
         limit = self.bot.config.images.max_bytes
         if attachment.size > limit:
             raise BadImage(
-                f"{attachment.filename} is {attachment.size / 2**20:.1f} MiB; the limit is "
-                f"{limit / 2**20:.0f} MiB"
+                f"{attachment.filename} is too large: {human_bytes(attachment.size)} "
+                f"(the limit is {human_bytes(limit)})"
             )
         data = await attachment.read()
         preds = await self.bot.manager.classify(data, labels, top_k=top_k)

@@ -17,6 +17,7 @@ from bot.commands.status import fmt_eta
 from bot.errors import Refused, reply_error
 from bot.progress import ProgressMessage, View
 from iris.errors import BadImage
+from iris.images import human_bytes
 from iris.jobs import ImagineRequest
 from models.events import Cancelled, Done, Failed, Progress, Queued, Started
 from models.handle import JobHandle
@@ -127,7 +128,10 @@ class Imagine(commands.Cog):
         await interaction.response.defer(thinking=True)
         if init_image is not None:
             if init_image.size > self.bot.config.images.max_bytes:
-                raise BadImage(f"{init_image.filename} is too large")
+                raise BadImage(
+                    f"{init_image.filename} is too large: {human_bytes(init_image.size)} "
+                    f"(the limit is {human_bytes(self.bot.config.images.max_bytes)})"
+                )
             request = dataclasses.replace(request, init_image=await init_image.read())
         await self.submit(interaction, request)
 
