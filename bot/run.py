@@ -42,8 +42,8 @@ async def run_bot(config: Config, token: str, sync_global: bool = False) -> None
 
     bot = IrisBot(config, sync_global=sync_global)
     try:
-        if config.manager.preload:
-            _ = bot.manager.engine.clip, bot.manager.engine.vqgan  # fail now on missing weights
+        # Load the models before connecting: missing weights fail now, with their one-line message.
+        await asyncio.to_thread(lambda: (bot.manager.engine.clip, bot.manager.engine.vqgan))
         async with bot:
             await bot.start(token)
     except discord.LoginFailure as e:

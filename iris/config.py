@@ -74,6 +74,7 @@ class ManagerConfig:
     max_queued_per_user: int = 2  # generations one user may have waiting
     max_running_per_user: int = 1  # generations one user may have running
     short_batch_size: int = 32  # short jobs (classify/embed) batched into one forward pass, at most
+    step_slice: int = 8  # cutouts per slice of a generation step; waiting short jobs run between slices
     job_deadline_s: float = 900.0  # wall-clock limit of one generation, seconds, checked between steps
     close_grace_s: float = 10.0  # on shutdown, seconds to let work finish before cancelling it
     drain_on_close: bool = (
@@ -218,6 +219,7 @@ def _validate(cfg: Config) -> None:
         "manager.max_queued_per_user": cfg.manager.max_queued_per_user,
         "manager.max_running_per_user": cfg.manager.max_running_per_user,
         "manager.short_batch_size": cfg.manager.short_batch_size,
+        "manager.step_slice": cfg.manager.step_slice,
         "manager.job_deadline_s": cfg.manager.job_deadline_s,
     }
     for key, value in positives.items():

@@ -151,26 +151,46 @@ class Generation:
     def size(self) -> tuple[int, int]:
         return self.request.width, self.request.height
 
-    def loss(self, img: torch.Tensor) -> torch.Tensor:
-        cut = make_cutouts(img, self.request.cutouts, self.clip.image_size, self.cutout_cfg, self.rng)
-        feats = self.clip.image_features(cut)  # (N, D)
-        dists = spherical_dist_sq(feats, self.prompt_emb) * self.weights.sign()  # (N, P)
+    def _prompt_loss(self, feats: torch.Tensor, share: float) -> torch.Tensor:
+        """Weighted spherical-distance loss of cutout embeddings (n, D), scaled by n / N (its share)."""
+        dists = spherical_dist_sq(feats, self.prompt_emb) * self.weights.sign()  # (n, P)
         dists = replace_grad(dists, torch.maximum(dists, self.stops))
-        return (self.weights.abs() * dists.mean(0)).sum()
+        return (self.weights.abs() * dists.mean(0)).sum() * share
 
-    def step(self) -> float:
-        """One optimisation step; returns the loss."""
+    def step(self, between: Callable[[], None] | None = None, slice_size: int | None = None) -> float:
+        """One optimisation step; returns the loss.
+
+        With `between`, the step is cut into slices of `slice_size` cutouts, each scored and
+        back-propagated on its own (gradients accumulate, the result is the same step), and `between()`
+        is called between slices: the manager runs waiting short jobs there, so they wait for a slice,
+        not a whole step.
+        """
         if self.before_step is not None:
             self.before_step(self)
         self.opt.zero_grad(set_to_none=True)
-        loss = self.loss(self.image())
-        loss.backward()
+        img = self.image()  # (1, 3, H, W), graph back to the parameters
+        leaf = img.detach().requires_grad_(True)  # cut the graph here: slices back-propagate to `leaf`
+        n = self.request.cutouts
+        cut = make_cutouts(leaf, n, self.clip.image_size, self.cutout_cfg, self.rng)  # (N, 3, S, S)
+        size = n if between is None or not slice_size else max(1, slice_size)
+        starts = range(0, n, size)
+        loss = 0.0
+        for i, start in enumerate(starts):
+            if between is not None and i:
+                between()
+            part = cut[start : start + size]
+            slice_loss = self._prompt_loss(self.clip.image_features(part), len(part) / n)
+            slice_loss.backward(retain_graph=i < len(starts) - 1)  # the cutouts' graph is shared
+            loss += float(slice_loss.item())
+        if between is not None:
+            between()
+        img.backward(leaf.grad)  # through the decoder to the latents
         self.opt.step()
         with torch.no_grad():
             self.after_step()
         self.steps_done += 1
-        self.last_loss = float(loss.item())
-        return self.last_loss
+        self.last_loss = loss
+        return loss
 
     @property
     def done(self) -> bool:

@@ -2,8 +2,8 @@
 
 All torch work runs on ONE worker thread, so two jobs never share the GPU. The event loop talks to it
 through an async API and never blocks. Scheduling: generations run FIFO, one step at a time; between two
-steps the worker runs every waiting short job (classify, embed), batched into one forward pass. So a
-/classify during a 300-step /imagine waits for at most one step.
+steps (and between the slices a step is cut into) the worker runs every waiting short job (classify,
+embed), batched into one forward pass. So a /classify during a 300-step /imagine waits for one slice.
 """
 
 from __future__ import annotations
@@ -309,6 +309,15 @@ class InferenceManager:
             except Exception:  # the worker must survive anything
                 log.exception("inference worker: unexpected error")
 
+    def _run_waiting_short(self) -> None:
+        """Between two slices of a step: run every short job that is waiting (on this same thread)."""
+        while True:
+            with self._cv:
+                batch = self._take_short_locked()
+            if not batch:
+                return
+            self._run_short(batch)
+
     def _take_short_locked(self) -> list[_ShortJob]:
         """Waiting short jobs, up to the batch size counted in images (at least one job)."""
         batch: list[_ShortJob] = []
@@ -398,7 +407,7 @@ class InferenceManager:
             return
         t0 = time.perf_counter()
         try:
-            loss = gen.step()
+            loss = gen.step(between=self._run_waiting_short, slice_size=self.config.manager.step_slice)
         except torch.OutOfMemoryError:
             self._retry_after_oom(job)
             return
