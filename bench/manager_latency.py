@@ -37,7 +37,11 @@ def pct(xs: list[float], q: float) -> float:
 async def main_async(args: argparse.Namespace) -> None:
     data = yaml.safe_load((ROOT / "config.toy.yaml").read_text())
     tmp = tempfile.mkdtemp()
-    data["manager"] = {"journal_path": f"{tmp}/jobs.sqlite3", "short_batch_size": 32}
+    data["manager"] = {
+        "journal_path": f"{tmp}/jobs.sqlite3",
+        "short_batch_size": 32,
+        "step_slice": args.slice,
+    }
     if args.clip != "toy":
         data["clip"] = {"preset": args.clip}
         data["vqgan"] = {"preset": None}
@@ -103,6 +107,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=40)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--cutouts", type=int, default=16)
+    p.add_argument("--slice", type=int, default=4, help="manager.step_slice: cutouts per slice of a step")
     asyncio.run(main_async(p.parse_args()))
 
 
