@@ -55,7 +55,11 @@ class IrisBot(commands.Bot):
         return self.config.discord.guilds.get(str(guild_id), GuildConfig()) if guild_id else GuildConfig()
 
     async def close(self) -> None:
+        """Stop the manager first, so the last word on every job ("paused") still reaches Discord."""
         try:
-            await super().close()
-        finally:
             await self.manager.close()
+            imagine = self.get_cog("Imagine")
+            if imagine is not None:
+                await imagine.drain(timeout=5.0)  # type: ignore[attr-defined]
+        finally:
+            await super().close()

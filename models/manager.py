@@ -26,6 +26,7 @@ from PIL import Image
 
 from iris.config import Config
 from iris.errors import (
+    BadRequest,
     IrisError,
     JobTimedOut,
     OutOfMemory,
@@ -167,8 +168,6 @@ class InferenceManager:
         return result
 
     async def embed_text(self, query: str) -> np.ndarray:
-        from iris.errors import BadRequest
-
         if not query.strip():
             raise BadRequest("the query is empty")
         result: np.ndarray = await self._submit(_ShortJob("text", self._new_future(), text=query))

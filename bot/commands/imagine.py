@@ -96,6 +96,11 @@ class Imagine(commands.Cog):
         for task in self.tasks:
             task.cancel()
 
+    async def drain(self, timeout: float) -> None:
+        """Wait (up to `timeout` s) for the messages of ended jobs to be sent."""
+        if self.tasks:
+            await asyncio.wait(set(self.tasks), timeout=timeout)
+
     # -- the command ---------------------------------------------------------------------------------
     @app_commands.command(name="imagine", description="Dream up a picture from a prompt (VQGAN+CLIP)")
     @app_commands.describe(

@@ -250,6 +250,7 @@ async def test_cancel_is_for_the_requester_only(w):
         refused = await w.fake.click(message, "Cancel", user=w.bob)
         await refused.wait_response()
         assert refused.ephemeral and "Only the person" in refused.original.content
+        await w.fake.wait_for(lambda: gate.done >= 1)
         assert bot.manager.status().running is not None
         mine = await w.fake.click(message, "Cancel", user=w.alice)
         await mine.wait_response()
@@ -375,3 +376,21 @@ async def test_status_lists_my_jobs(w):
         fields = {f["name"]: f["value"] for f in reply.embeds[0]["fields"]}
         assert reply.ephemeral and "running" in fields["Your jobs"] and fields["Device"] == "cpu"
         gate.allow()
+
+
+async def test_a_restart_pauses_then_resumes_the_generation(w):
+    async with w.bot() as bot:
+        gate = StepGate(2)
+        bot.manager.step_hook = gate
+        rec = await w.fake.invoke_slash("imagine", user=w.alice, channel=w.channel, prompt="a green square")
+        await w.fake.wait_for(lambda: gate.done >= 2)
+        gate.allow()  # let the closing step finish
+    assert title(rec.original).startswith("Paused")  # the last word was sent before the bot went away
+    async with w.bot():
+        resumed = await w.fake.wait_for(
+            lambda: next(
+                (m for m in w.fake.channel_messages(w.channel) if is_final(m) and m.webhook_id is None), None
+            ),
+            timeout=30,
+        )
+        assert "green square" in title(resumed)
