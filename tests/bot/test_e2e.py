@@ -394,3 +394,32 @@ async def test_a_restart_pauses_then_resumes_the_generation(w):
             timeout=30,
         )
         assert "green square" in title(resumed)
+
+
+async def test_threads_forum_posts_and_a_thread_per_job(w):
+    thread = w.fake.add_channel(w.guild, "shapes-thread", type="thread", parent=w.channel)
+    forum = w.fake.add_channel(w.guild, "gallery", type="forum")
+    async with w.bot(thread_per_job=True):
+        post, _ = await w.fake.add_forum_post(forum, "my shapes", w.bob)
+        for where in (thread, post):  # the answer lands where the command was used
+            rec = await w.fake.invoke_slash(
+                "classify",
+                user=w.alice,
+                channel=where,
+                image=("s.png", png(world.make_image("red", "square", 4)), "image/png"),
+            )
+            reply = await rec.wait_original()
+            assert reply.channel is where and "red square" in reply.embeds[0]["description"].splitlines()[0]
+        rec = await w.fake.invoke_slash("imagine", user=w.alice, channel=w.channel, prompt="a yellow square")
+        await w.fake.wait_for(lambda: title(rec.original).startswith("Working on it"))
+
+        def in_a_thread():
+            for ch in list(w.fake.state.channels.values()):
+                if getattr(ch, "parent", None) is w.channel and ch is not thread:
+                    final = next((m for m in w.fake.channel_messages(ch) if is_final(m)), None)
+                    if final:
+                        return final
+            return None
+
+        final = await w.fake.wait_for(in_a_thread, timeout=30)
+        assert "yellow square" in title(final)
