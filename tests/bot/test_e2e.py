@@ -423,3 +423,24 @@ async def test_threads_forum_posts_and_a_thread_per_job(w):
 
         final = await w.fake.wait_for(in_a_thread, timeout=30)
         assert "yellow square" in title(final)
+
+
+async def test_per_server_caps_and_default_labels(w):
+    overrides = {str(w.guild.id): {"max_queued_per_user": 0, "default_labels": ["cat", "blue square"]}}
+    async with w.bot(guilds=overrides) as bot:
+        gate = StepGate(1)
+        bot.manager.step_hook = gate
+        await w.fake.invoke_slash("imagine", user=w.alice, channel=w.channel, prompt="a red circle")
+        await w.fake.wait_for(lambda: gate.done >= 1)
+        second = await w.fake.invoke_slash("imagine", user=w.alice, channel=w.channel, prompt="a red circle")
+        msg = await w.fake.wait_for(lambda: second.followups[-1] if second.followups else None)
+        assert msg.ephemeral and "limit is 1" in msg.content
+        gate.allow()
+        rec = await w.fake.invoke_slash(
+            "classify",
+            user=w.bob,
+            channel=w.channel,
+            image=("b.png", png(world.make_image("blue", "square", 6)), "image/png"),
+        )
+        lines = (await rec.wait_original()).embeds[0]["description"].splitlines()
+        assert len(lines) == 2 and lines[0].endswith("blue square") and lines[1].endswith("cat")
