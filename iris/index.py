@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from PIL import Image
 
 from iris.errors import BadImage
 from iris.images import DEFAULT_LIMITS, ImageLimits, image_sha256, load_image, read_image_bytes
+from iris.sqlite import connect
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +69,7 @@ class ImageIndex:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        if self.path.parent and not self.path.parent.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db = connect(self.path, _SCHEMA)
         self._lock = threading.RLock()
         self._version = 0  # bumped on every change; invalidates cached matrices
         self._matrices: dict[

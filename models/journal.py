@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from iris.jobs import ImagineRequest
+from iris.sqlite import connect
 
 UNFINISHED = ("queued", "running")
 
@@ -56,11 +56,7 @@ class JournalEntry:
 class Journal:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db = connect(self.path, _SCHEMA)
         self._lock = threading.Lock()
 
     def close(self) -> None:

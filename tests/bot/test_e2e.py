@@ -129,6 +129,11 @@ def is_final(message) -> bool:
     return bool(message and message.attachments and message.attachments[0].filename.startswith("iris-"))
 
 
+def posted_final(w):
+    """The first finished picture in the channel sent as a plain channel message (not through the token)."""
+    return next((m for m in w.fake.channel_messages(w.channel) if is_final(m) and m.webhook_id is None), None)
+
+
 async def final_of(fake, record, timeout=30.0):
     return await fake.wait_for(lambda: record.original if is_final(record.original) else None, timeout)
 
@@ -339,13 +344,7 @@ async def test_result_reaches_the_channel_after_the_token_expires(w):
         await w.fake.wait_for(lambda: gate.done >= 2)
         w.fake.clock.advance(16 * 60)
         gate.allow()
-
-        def posted():
-            return next(
-                (m for m in w.fake.channel_messages(w.channel) if is_final(m) and m.webhook_id is None), None
-            )
-
-        final = await w.fake.wait_for(posted, timeout=30)
+        final = await w.fake.wait_for(lambda: posted_final(w), timeout=30)
         assert final.embeds and re.search(r"blue triangle", final.embeds[0].get("title", ""))
 
 
@@ -387,12 +386,7 @@ async def test_a_restart_pauses_then_resumes_the_generation(w):
         gate.allow()  # let the closing step finish
     assert title(rec.original).startswith("Paused")  # the last word was sent before the bot went away
     async with w.bot():
-        resumed = await w.fake.wait_for(
-            lambda: next(
-                (m for m in w.fake.channel_messages(w.channel) if is_final(m) and m.webhook_id is None), None
-            ),
-            timeout=30,
-        )
+        resumed = await w.fake.wait_for(lambda: posted_final(w), timeout=30)
         assert "green square" in title(resumed)
 
 
