@@ -89,6 +89,7 @@ class GuildConfig:
     imagine_channels: list[str] = field(default_factory=list)  # channel ids where /imagine works; []: all
     max_queued_per_user: int | None = None  # overrides manager.max_queued_per_user in this server
     default_labels: list[str] | None = None  # overrides classify.default_labels in this server
+    find_excluded: list[str] = field(default_factory=list)  # channel ids /find never scans or shows
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,9 @@ class DiscordConfig:
     edits_per_window: int = 4  # progress edits of one message at most per window (Discord allows ~5/5 s)
     edit_window_s: float = 5.0  # seconds
     guilds: dict[str, GuildConfig] = field(default_factory=dict)  # per-server overrides, by server id
+    find_k: int = 9  # /find hits per page (a 3×3 grid)
+    find_download_concurrency: int = 4  # image downloads at once while indexing
+    find_downloads_per_s: float = 20.0  # image downloads per second at most
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,24 @@ CREATE TABLE IF NOT EXISTS items (
     PRIMARY KEY (scope, key)
 );
 CREATE INDEX IF NOT EXISTS items_hash ON items (content_hash);
+CREATE TABLE IF NOT EXISTS finds (
+    id TEXT PRIMARY KEY,               -- a /find query, kept so its buttons work after a restart
+    data TEXT NOT NULL                 -- JSON
+);
+CREATE TABLE IF NOT EXISTS scans (
+    scope TEXT PRIMARY KEY,            -- a channel's scope
+    newest INTEGER,                    -- newest message id seen
+    oldest INTEGER,                    -- oldest message id reached going back
+    complete INTEGER NOT NULL DEFAULT 0  -- 1 once the scan reached the start of the history
+);
 """
+
+
+@dataclass(frozen=True)
+class ScanState:
+    newest: int | None = None
+    oldest: int | None = None
+    complete: bool = False
 
 
 @dataclass(frozen=True)
@@ -134,6 +151,58 @@ class ImageIndex:
                 ).rowcount
             self._version += 1
             return n
+
+    def remove_prefix(self, scope: str, prefix: str) -> int:
+        """Remove the items of `scope` whose key starts with `prefix` (e.g. every image of one message)."""
+        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        with self._lock, self._db:
+            n = self._db.execute(
+                "DELETE FROM items WHERE scope = ? AND key LIKE ? ESCAPE '\\'", (scope, pattern)
+            ).rowcount
+            self._version += 1
+            return int(n)
+
+    def remove_scope(self, scope: str) -> int:
+        """Forget a whole scope (a deleted channel): its items and its scan state."""
+        with self._lock, self._db:
+            n = self._db.execute("DELETE FROM items WHERE scope = ?", (scope,)).rowcount
+            self._db.execute("DELETE FROM scans WHERE scope = ?", (scope,))
+            self._version += 1
+            return int(n)
+
+    def scopes(self, prefix: str) -> list[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT scope FROM items WHERE scope LIKE ?", (prefix + "%",))
+            return [r[0] for r in rows]
+
+    def save_find(self, find_id: str, data: dict[str, Any]) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO finds VALUES (?, ?)", (find_id, json.dumps(data)))
+
+    def get_find(self, find_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT data FROM finds WHERE id = ?", (find_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def vector(self, content_hash: str, model_id: str) -> np.ndarray | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT vector FROM vectors WHERE content_hash = ? AND model_id = ?", (content_hash, model_id)
+            ).fetchone()
+        return np.frombuffer(row[0], dtype="<f2").astype(np.float32) if row else None
+
+    def scan_state(self, scope: str) -> ScanState:
+        with self._lock:
+            q = "SELECT newest, oldest, complete FROM scans WHERE scope = ?"
+            row = self._db.execute(q, (scope,)).fetchone()
+        return ScanState(row[0], row[1], bool(row[2])) if row else ScanState()
+
+    def set_scan_state(self, scope: str, state: ScanState) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO scans VALUES (?, ?, ?, ?)",
+                (scope, state.newest, state.oldest, int(state.complete)),
+            )
 
     def count(self, scope: str | None = None) -> int:
         with self._lock:

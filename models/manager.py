@@ -173,6 +173,11 @@ class InferenceManager:
         result: np.ndarray = await self._submit(_ShortJob("text", self._new_future(), text=query))
         return result
 
+    async def model_id(self) -> str:
+        """The CLIP model's id (embeddings of different ids do not mix); loads the model if needed."""
+        name: str = await self._submit(_ShortJob("model_id", self._new_future()))
+        return name
+
     async def _decode(self, image: Image.Image | bytes) -> Image.Image:
         if isinstance(image, Image.Image):
             return image
@@ -369,6 +374,8 @@ class InferenceManager:
             if j.kind == "load":
                 _ = self.engine.vqgan
                 self._resolve(j.future, None)
+            elif j.kind == "model_id":
+                self._resolve(j.future, clip.name)
 
     def _start_job(self, job: _Job) -> None:
         if job.cancel.is_set():

@@ -70,6 +70,7 @@ class World:
         data["manager"] = {"journal_path": str(self.tmp / "jobs.sqlite3"), "close_grace_s": 0.0}
         data["imagine"].update(steps=8, preview_every=2)
         data["images"] = {"max_bytes": 400_000}
+        data["index"] = {"path": str(self.tmp / "index.sqlite3")}
         return parse_config(data)
 
     @asynccontextmanager

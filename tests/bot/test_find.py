@@ -1,0 +1,142 @@
+"""/find end to end: real discord.py, the fake Discord, the toy CLIP, the SQLite index on disk."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from PIL import Image
+
+from models.toy import world
+from tests.bot.test_e2e import World, png
+from tests.fake_discord import FakeDiscord
+from tests.fake_discord.models import READ_MESSAGE_HISTORY, VIEW_CHANNEL
+
+
+@pytest.fixture
+async def w(tmp_path, toy_engine):
+    async with FakeDiscord() as fake:
+        guild = fake.add_guild("Shapes")
+        channel = fake.add_channel(guild, "art")
+        yield World(
+            fake,
+            guild,
+            channel,
+            fake.add_member(guild, "alice"),
+            fake.add_member(guild, "bob"),
+            fake.add_member(guild, "mia"),
+            tmp_path,
+            toy_engine,
+        )
+
+
+def numbers(reply) -> list[str]:
+    """The jump links' message ids, in rank order."""
+    return re.findall(r"/(\d+)\)", reply.embeds[0]["description"]) if reply.embeds else []
+
+
+async def post_samples(w, channel, samples, authors):
+    posted = {}
+    for i, s in enumerate(samples):
+        m = await w.fake.post_message(
+            channel, authors[i % len(authors)], attachments=[(f"{i}.png", png(s.image), "image/png")]
+        )
+        posted[str(m.id)] = s
+    return posted
+
+
+async def run_find(w, channel, user, **options):
+    rec = await w.fake.invoke_slash("find", user=user, channel=channel, **options)
+    return await w.fake.wait_for(
+        lambda: (
+            rec.original
+            if (rec.original and rec.original.embeds)
+            or (rec.original and rec.original.content.startswith("No "))
+            else None
+        ),
+        timeout=120,
+    )
+
+
+async def test_300_images_over_3_channels_find_blue_squares(w):
+    channels = [w.channel, w.fake.add_channel(w.guild, "memes"), w.fake.add_channel(w.guild, "misc")]
+    samples = list(world.samples(300, seed=606))
+    posted = {}
+    for n, channel in enumerate(channels):
+        posted.update(
+            await post_samples(w, channel, samples[n * 100 : (n + 1) * 100], [w.alice, w.bob, w.mod])
+        )
+    async with w.bot():
+        reply = await run_find(w, w.channel, w.alice, query="a blue square", scope="server", k=9)
+        more = await w.fake.click(reply, "Next page", user=w.alice)
+        page2 = await w.fake.wait_for(
+            lambda: more.original if more.original and more.original.embeds else None
+        )
+    ids = numbers(reply) + numbers(page2)[:1]
+    labels = [posted[i].label for i in ids]
+    assert labels[0] == "blue square", labels
+    assert sum(lb == "blue square" for lb in labels[:10]) >= 8, labels
+    grid = Image.open(io.BytesIO(reply.attachments[0].data))
+    assert grid.size == (3 * 128, 3 * 128)
+
+
+async def test_privacy_channels_threads_and_overwrites(w):
+    everyone, bot_role = w.guild.roles[0], w.guild.roles[1]
+    staff = w.fake.add_role(w.guild, "staff")
+    boss = w.fake.add_member(w.guild, "boss", roles=[staff])
+    can = VIEW_CHANNEL | READ_MESSAGE_HISTORY
+    secret = w.fake.add_channel(
+        w.guild, "staff-room", overwrites={everyone: (0, VIEW_CHANNEL), staff: (can, 0), bot_role: (can, 0)}
+    )
+    thread = w.fake.add_channel(w.guild, "staff-thread", type="thread", parent=secret)
+    no_history = w.fake.add_channel(
+        w.guild,
+        "announcements",
+        overwrites={everyone: (0, READ_MESSAGE_HISTORY), staff: (can, 0), bot_role: (can, 0)},
+    )
+    red = [world.sample(s) for s in range(2000) if world.sample(s).label == "red circle"][:12]
+    for place, chunk in ((secret, red[:4]), (thread, red[4:8]), (no_history, red[8:])):
+        await post_samples(w, place, chunk, [boss])
+    await post_samples(w, w.channel, list(world.samples(6, seed=8)), [w.alice])
+    hidden = {str(m.id) for ch in (secret, thread, no_history) for m in w.fake.channel_messages(ch)}
+    async with w.bot():
+        seen_by_boss = await run_find(w, w.channel, boss, query="a red circle", scope="server", k=9)
+        assert set(numbers(seen_by_boss)) & hidden  # indexed, and shown to those who may read them
+        seen_by_alice = await run_find(w, w.channel, w.alice, query="a red circle", scope="server", k=9)
+        assert numbers(seen_by_alice) and not set(numbers(seen_by_alice)) & hidden
+        in_thread = await run_find(w, thread, w.alice, query="a red circle", k=9)
+        assert not set(numbers(in_thread)) & hidden
+
+
+async def test_delete_edit_and_incremental_rescan(w):
+    samples = list(world.samples(12, seed=9))
+    posted = await post_samples(w, w.channel, samples, [w.alice])
+    async with w.bot():
+        first = await run_find(w, w.channel, w.alice, query="a green circle", k=9)
+        history = w.fake.count_requests("GET", r"/channels/\d+/messages$")
+        victim_id = numbers(first)[0]
+        victim = next(m for m in w.fake.channel_messages(w.channel) if str(m.id) == victim_id)
+        await w.fake.delete_message(victim)
+        new = await w.fake.post_message(
+            w.channel,
+            w.bob,
+            attachments=[("n.png", png(world.make_image("green", "circle", 1234)), "image/png")],
+        )
+        await w.fake.wait_for(lambda: any(numbers_of_index(w, new.id)))
+        second = await run_find(w, w.channel, w.alice, query="a green circle", k=9)
+        assert victim_id not in numbers(second) and str(new.id) in numbers(second)
+        assert (
+            w.fake.count_requests("GET", r"/channels/\d+/messages$") - history <= 1
+        )  # only "anything newer?"
+    assert posted
+
+
+def numbers_of_index(w, message_id):
+    import sqlite3
+
+    db = sqlite3.connect(w.tmp / "index.sqlite3")
+    try:
+        return [r for r in db.execute("SELECT key FROM items WHERE key LIKE ?", (f"{message_id}/%",))]
+    finally:
+        db.close()
