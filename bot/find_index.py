@@ -62,7 +62,7 @@ def image_refs(message: discord.Message) -> list[ImageRef]:
         url = (embed.image and embed.image.url) or (
             embed.type == "image" and embed.thumbnail and embed.thumbnail.url
         )
-        if url:
+        if url and str(url).startswith(("http://", "https://")):
             refs.append(ImageRef(f"{message.id}/e{n}", str(url), None, None))
     return refs
 
@@ -88,6 +88,7 @@ class DiscordIndex:
         self._throttle = Throttler(rate_limit=max(1, int(config.discord.find_downloads_per_s)), period=1.0)
         self._session: aiohttp.ClientSession | None = None
         self._locks: dict[str, asyncio.Lock] = {}
+        self.own_user_id: int | None = None  # the bot's own user id, set once logged in
 
     async def close(self) -> None:
         if self._session is not None:
@@ -130,7 +131,9 @@ class DiscordIndex:
         reindex: bool = False,
     ) -> None:
         known = set(self.index.items(scope)) if not reindex else set()
-        todo = [(m, r) for m in messages for r in image_refs(m) if r.key not in known]
+        me = self.own_user_id
+        # Iris's own messages (result grids, previews) are not the server's pictures: never indexed.
+        todo = [(m, r) for m in messages if m.author.id != me for r in image_refs(m) if r.key not in known]
         if not todo:
             return
         results = await asyncio.gather(*(self._prepare(r) for _, r in todo), return_exceptions=True)

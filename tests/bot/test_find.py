@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -140,3 +142,88 @@ def numbers_of_index(w, message_id):
         return [r for r in db.execute("SELECT key FROM items WHERE key LIKE ?", (f"{message_id}/%",))]
     finally:
         db.close()
+
+
+async def test_an_edit_reindexes_the_message(w):
+    host = await w.fake.post_message(
+        w.fake.add_channel(w.guild, "uploads"),
+        w.bob,
+        attachments=[
+            ("r.png", png(world.make_image("red", "circle", 5)), "image/png"),
+            ("b.png", png(world.make_image("blue", "square", 6)), "image/png"),
+        ],
+    )
+    red_url, blue_url = (a.url for a in host.attachments)
+    others = [s for s in world.samples(24, seed=21) if s.colour != "blue"][:8]
+    await post_samples(w, w.channel, others, [w.alice])
+    message = await w.fake.post_message(
+        w.channel, w.alice, embeds=[{"type": "image", "image": {"url": red_url}}]
+    )
+    async with w.bot() as bot:
+        await run_find(w, w.channel, w.alice, query="a red circle", k=3)
+        index = bot.get_cog("Find").index
+        scope = f"discord:{w.guild.id}:{w.channel.id}"
+        before = index.items(scope)[f"{message.id}/e0"][0]
+        await w.fake.edit_message(message, embeds=[{"type": "image", "image": {"url": blue_url}}])
+        await w.fake.wait_for(lambda: index.items(scope).get(f"{message.id}/e0", (before,))[0] != before)
+        reply = await run_find(w, w.channel, w.alice, query="a blue square", k=3)
+        assert numbers(reply)[0] == str(message.id)
+
+
+async def test_a_killed_scan_resumes_without_duplicates(w):
+    samples = list(world.samples(250, seed=31))
+    await post_samples(w, w.channel, samples, [w.alice, w.bob])
+    async with w.bot() as bot:
+        find = bot.get_cog("Find")
+        scope = f"discord:{w.guild.id}:{w.channel.id}"
+        task = asyncio.create_task(find.discord_index.scan(bot.get_channel(w.channel.id)))
+        await w.fake.wait_for(lambda: find.index.count(scope) >= 100 or task.done(), timeout=60)
+        task.cancel()  # the crash: the scan dies between (or inside) pages
+        await asyncio.gather(task, return_exceptions=True)
+        kept = find.index.count(scope)
+        assert find.index.scan_state(scope).newest is not None
+        report = await find.discord_index.scan(bot.get_channel(w.channel.id))
+        assert report.indexed == 250 - kept  # nothing indexed twice
+        assert find.index.count(scope) == 250 and find.index.scan_state(scope).complete
+
+
+def _bad_corpus() -> list[tuple[str, bytes, str]]:
+    from tests.bot.test_e2e import bomb
+
+    def encoded(image: Image.Image, fmt: str, **kw) -> bytes:
+        buf = io.BytesIO()
+        image.save(buf, format=fmt, **kw)
+        return buf.getvalue()
+
+    red = world.make_image("red", "circle", 3)
+    jpeg = encoded(red, "JPEG")
+    frames = [world.make_image("blue", "square", 4), world.make_image("green", "circle", 5)]
+    gif = io.BytesIO()
+    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=100)
+    sixteen = Image.fromarray(np.asarray(red.convert("L"), dtype=np.uint16) * 257)  # mode I;16
+    return [
+        ("truncated.jpg", jpeg[: len(jpeg) // 3], "image/jpeg"),
+        ("empty.png", b"", "image/png"),
+        ("page.png", b"<!doctype html><title>not an image</title>", "image/png"),
+        ("bomb.png", bomb(), "image/png"),
+        ("cmyk.jpg", encoded(red.convert("CMYK"), "JPEG"), "image/jpeg"),
+        ("deep.png", encoded(sixteen, "PNG"), "image/png"),
+        ("anim.gif", gif.getvalue(), "image/gif"),
+        ("pic.webp", encoded(red, "WEBP"), "image/webp"),
+    ]
+
+
+async def test_bad_attachments_are_skipped_and_counted(w):
+    for name, data, ctype in _bad_corpus():
+        await w.fake.post_message(w.channel, w.alice, attachments=[(name, data, ctype)])
+    async with w.bot() as bot:
+        find = bot.get_cog("Find")
+        report = await find.discord_index.scan(bot.get_channel(w.channel.id))
+        assert report.bad == 4 and report.indexed == 4, report
+        reply = await run_find(w, w.channel, w.alice, query="a blue square", k=4)  # the GIF's first frame
+        gif_message = next(
+            m
+            for m in w.fake.channel_messages(w.channel)
+            if m.attachments and m.attachments[0].filename == "anim.gif"
+        )
+        assert numbers(reply)[0] == str(gif_message.id)
