@@ -36,6 +36,7 @@ class ScanReport:
     messages: int = 0  # messages read from history
     indexed: int = 0  # images added
     bad: int = 0  # images skipped as unreadable
+    reembedded: int = 0  # images embedded again for a new model
     problems: list[str] = field(default_factory=list)
 
 
@@ -95,9 +96,16 @@ class DiscordIndex:
             await self._session.close()
 
     def excluded(self, guild_id: int | None, channel: Any) -> bool:
+        """Excluded by the config or by an admin (/find-exclude); a thread follows its parent."""
         gcfg = self.config.discord.guilds.get(str(guild_id))
         ids = {str(channel.id), str(getattr(channel, "parent_id", None))}
-        return bool(gcfg and ids & set(gcfg.find_excluded))
+        configured = set(gcfg.find_excluded) if gcfg else set()
+        return bool(ids & (configured | self.index.excluded(f"discord:{guild_id or 0}:")))
+
+    def set_excluded(self, guild_id: int, channel_id: int, excluded: bool) -> None:
+        self.index.set_excluded(f"discord:{guild_id}:", str(channel_id), excluded)
+        if excluded:  # forget what was indexed there; it is never scanned again
+            self.on_channel_delete(guild_id, channel_id)
 
     # -- downloads -------------------------------------------------------------------------------------
     async def download(self, ref: ImageRef) -> bytes:
@@ -171,7 +179,7 @@ class DiscordIndex:
             self.index.upsert(scope, key, content_hash, meta)
         report.indexed += len(rows)
 
-    async def _prepare(self, ref: ImageRef) -> tuple[str, Image.Image | None]:
+    async def _prepare(self, ref: ImageRef) -> tuple[str, Image.Image]:
         data = await self.download(ref)
         image = await asyncio.to_thread(
             load_image, data, self.limits, ref.key
@@ -209,7 +217,32 @@ class DiscordIndex:
                 await self._pages(channel.history(limit=None, before=before), flush)
                 state = ScanState(state.newest, state.oldest, True)
                 self.index.set_scan_state(scope, state)
+            await self._reembed(scope, model_id, report)
         return report
+
+    async def _reembed(self, scope: str, model_id: str, report: ScanReport) -> None:
+        """After a model change, items indexed with the old model get vectors for the new one (lazily,
+        on the next scan of their channel), from their saved URLs."""
+        missing = self.index.missing_for_model(scope, model_id)
+        for i in range(0, len(missing), 32):
+            batch = missing[i : i + 32]
+            results = await asyncio.gather(
+                *(self._prepare(ImageRef(key, meta["url"], None, None)) for key, meta in batch),
+                return_exceptions=True,
+            )
+            fresh = {}
+            for (key, meta), res in zip(batch, results, strict=True):
+                if isinstance(res, BaseException):
+                    self.index.upsert(scope, key, None, meta, status="bad")
+                    report.bad += 1
+                    continue
+                content_hash, image = res
+                fresh[content_hash] = image
+                self.index.upsert(scope, key, content_hash, {**meta, "hash": content_hash})
+            if fresh:
+                vecs = await self.manager.embed_images(list(fresh.values()))
+                self.index.put_vectors(model_id, dict(zip(fresh, vecs, strict=True)))
+                report.reembedded += len(fresh)
 
     @staticmethod
     async def _pages(history: Any, flush: Callable[[list[discord.Message]], Awaitable[None]]) -> None:

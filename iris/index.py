@@ -43,6 +43,11 @@ CREATE TABLE IF NOT EXISTS items (
     PRIMARY KEY (scope, key)
 );
 CREATE INDEX IF NOT EXISTS items_hash ON items (content_hash);
+CREATE TABLE IF NOT EXISTS excluded (
+    scope_prefix TEXT NOT NULL,        -- e.g. discord:GUILD:
+    channel TEXT NOT NULL,             -- a channel an admin took out of search
+    PRIMARY KEY (scope_prefix, channel)
+);
 CREATE TABLE IF NOT EXISTS finds (
     id TEXT PRIMARY KEY,               -- a /find query, kept so its buttons work after a restart
     data TEXT NOT NULL                 -- JSON
@@ -174,6 +179,30 @@ class ImageIndex:
         with self._lock:
             rows = self._db.execute("SELECT DISTINCT scope FROM items WHERE scope LIKE ?", (prefix + "%",))
             return [r[0] for r in rows]
+
+    def set_excluded(self, scope_prefix: str, channel: str, excluded: bool) -> None:
+        with self._lock:
+            if excluded:
+                self._db.execute("INSERT OR IGNORE INTO excluded VALUES (?, ?)", (scope_prefix, channel))
+            else:
+                self._db.execute(
+                    "DELETE FROM excluded WHERE scope_prefix = ? AND channel = ?", (scope_prefix, channel)
+                )
+
+    def excluded(self, scope_prefix: str) -> set[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT channel FROM excluded WHERE scope_prefix = ?", (scope_prefix,))
+            return {r[0] for r in rows}
+
+    def missing_for_model(self, scope: str, model_id: str) -> list[tuple[str, dict[str, Any]]]:
+        """Items of `scope` with no vector for `model_id` yet (after a model change): (key, meta)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT i.key, i.meta FROM items i LEFT JOIN vectors v ON v.content_hash = i.content_hash "
+                "AND v.model_id = ? WHERE i.scope = ? AND i.status = 'ok' AND v.content_hash IS NULL",
+                (model_id, scope),
+            ).fetchall()
+        return [(k, json.loads(m)) for k, m in rows]
 
     def save_find(self, find_id: str, data: dict[str, Any]) -> None:
         with self._lock:

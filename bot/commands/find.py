@@ -151,6 +151,20 @@ class Find(commands.Cog):
         self.index.save_find(fid, data)
         await self._answer(interaction, fid, data, page=0)
 
+    @app_commands.command(name="find-exclude", description="Keep a channel out of /find (or let it back in)")
+    @app_commands.describe(target="the channel", exclude="true: never scan or show it; false: allow it again")
+    @app_commands.default_permissions(manage_guild=True)
+    @app_commands.checks.has_permissions(manage_guild=True)
+    async def find_exclude(
+        self, interaction: discord.Interaction, target: discord.abc.GuildChannel, exclude: bool = True
+    ) -> None:
+        if interaction.guild is None:
+            raise Refused("This works in servers.")
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        self.discord_index.set_excluded(interaction.guild.id, target.id, exclude)
+        state = "is now kept out of" if exclude else "is back in"
+        await interaction.followup.send(f"{target.mention} {state} /find.", ephemeral=True)
+
     async def _embed_query_image(self, attachment: discord.Attachment) -> str:
         ref = ImageRef(f"query/{attachment.id}", attachment.url, attachment.size, attachment.content_type)
         data = await self.discord_index.download(ref)

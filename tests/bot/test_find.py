@@ -227,3 +227,63 @@ async def test_bad_attachments_are_skipped_and_counted(w):
             if m.attachments and m.attachments[0].filename == "anim.gif"
         )
         assert numbers(reply)[0] == str(gif_message.id)
+
+
+async def test_progress_image_query_and_more_like(w):
+    samples = list(world.samples(150, seed=41))
+    posted = await post_samples(w, w.channel, samples, [w.alice, w.bob])
+    async with w.bot():
+        rec = await w.fake.invoke_slash("find", user=w.alice, channel=w.channel, query="a yellow triangle")
+        progress = await w.fake.wait_for(
+            lambda: rec.original if rec.original and rec.original.content.startswith("Indexing") else None, 60
+        )
+        assert "images from" in progress.content
+        first = await w.fake.wait_for(lambda: rec.original if rec.original.embeds else None, 60)
+        # an image as the query: a fresh yellow triangle finds yellow triangles
+        probe = png(world.make_image("yellow", "triangle", 99))
+        by_image = await run_find(w, w.channel, w.alice, image=("q.png", probe, "image/png"))
+        labels = [posted[i].label for i in numbers(by_image)]
+        assert labels[0] == "yellow triangle" and sum(lb == "yellow triangle" for lb in labels) >= 6, labels
+        like = await w.fake.click(first, "More like #1", user=w.bob)
+        similar = await w.fake.wait_for(
+            lambda: like.original if like.original and like.original.embeds else None
+        )
+        like_labels = [posted[i].label for i in numbers(similar)]
+        assert numbers(first)[0] not in numbers(similar)  # the example itself is left out
+        assert sum(lb == posted[numbers(first)[0]].label for lb in like_labels) >= 6, like_labels
+
+
+async def test_excluded_channels_are_never_scanned_or_shown(w):
+    hidden = w.fake.add_channel(w.guild, "private-art")
+    by_config = w.fake.add_channel(w.guild, "secret-art")
+    for place in (hidden, by_config, w.channel):
+        await post_samples(w, place, list(world.samples(6, seed=51)), [w.alice])
+    admin_role = w.fake.add_role(w.guild, "admins", permissions=1 << 5)  # manage server
+    admin = w.fake.add_member(w.guild, "ada", roles=[admin_role])
+    async with w.bot(guilds={str(w.guild.id): {"find_excluded": [str(by_config.id)]}}):
+        rec = await w.fake.invoke_slash("find-exclude", user=admin, channel=w.channel, target=hidden)
+        await rec.wait_followups(1)
+        assert "kept out" in rec.followups[-1].content
+        history_before = {
+            ch.id: w.fake.count_requests("GET", rf"/channels/{ch.id}/messages$") for ch in (hidden, by_config)
+        }
+        reply = await run_find(w, w.channel, w.alice, query="a red circle", scope="server", k=9)
+        shown = set(numbers(reply))
+        for ch in (hidden, by_config):
+            assert not shown & {str(m.id) for m in w.fake.channel_messages(ch)}
+            assert w.fake.count_requests("GET", rf"/channels/{ch.id}/messages$") == history_before[ch.id]
+
+
+async def test_a_model_change_reembeds_lazily(w):
+    await post_samples(w, w.channel, list(world.samples(10, seed=61)), [w.alice])
+    async with w.bot() as bot:
+        find = bot.get_cog("Find")
+        channel = bot.get_channel(w.channel.id)
+        assert (await find.discord_index.scan(channel)).indexed == 10
+        find.index._db.execute("UPDATE vectors SET model_id = 'an-older-clip'")  # as if made by another model
+        find.index._version += 1
+        assert await run_find(w, w.channel, w.alice, query="a red circle") is not None
+        scope = f"discord:{w.guild.id}:{w.channel.id}"
+        assert find.index.missing_for_model(scope, await bot.manager.model_id()) == []
+        reply = await run_find(w, w.channel, w.alice, query="a red circle", k=9)
+        assert len(numbers(reply)) == 9
