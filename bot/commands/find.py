@@ -20,7 +20,7 @@ from bot.app import IrisBot
 from bot.errors import Refused, reply_error
 from bot.find_index import DiscordIndex, ImageRef, ScanReport, can_read, scope_of
 from iris.errors import BadImage, BadRequest, IrisError
-from iris.images import image_sha256
+from iris.images import image_sha256, load_image
 from iris.index import Hit, ImageIndex
 from iris.query import combine, parse_query
 
@@ -289,8 +289,6 @@ class Find(commands.Cog):
     async def _thumb(self, hit: Hit) -> Image.Image | None:
         try:
             data = await self.discord_index.download(ImageRef(hit.key, hit.meta["url"], None, None))
-            from iris.images import load_image
-
             return await asyncio.to_thread(load_image, data, self.discord_index.limits)
         except (BadImage, KeyError):
             return None
