@@ -8,25 +8,13 @@ from __future__ import annotations
 
 import io
 import re
-import struct
 import threading
-import zlib
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-import yaml
 from PIL import Image
 
-from bot.app import IrisBot
-from iris.config import parse_config
 from models.toy import world
-from tests.conftest import engine_for
-from tests.fake_discord import FakeDiscord
-from tests.fake_discord.models import MANAGE_MESSAGES
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bot.conftest import bomb, png
 
 
 class StepGate:
@@ -46,76 +34,6 @@ class StepGate:
         with self._cv:
             self.allowed = self.done + n
             self._cv.notify_all()
-
-
-@dataclass
-class World:
-    fake: FakeDiscord
-    guild: object
-    channel: object
-    alice: object
-    bob: object
-    mod: object
-    tmp: Path
-    shared: object
-
-    def config(self, **discord_overrides):
-        data = yaml.safe_load((ROOT / "config.toy.yaml").read_text())
-        data["discord"] = {
-            "dev_guilds": [str(self.guild.id)],
-            "edits_per_window": 4,
-            "edit_window_s": 1.0,
-            **discord_overrides,
-        }
-        data["manager"] = {"journal_path": str(self.tmp / "jobs.sqlite3"), "close_grace_s": 0.0}
-        data["imagine"].update(steps=8, preview_every=2)
-        data["images"] = {"max_bytes": 400_000}
-        data["index"] = {"path": str(self.tmp / "index.sqlite3")}
-        return parse_config(data)
-
-    @asynccontextmanager
-    async def bot(self, **discord_overrides):
-        cfg = self.config(**discord_overrides)
-        bot = IrisBot(cfg, engine_for(cfg, self.shared), guild_ready_timeout=0.1)
-        async with self.fake.run_bot(bot):
-            yield bot
-
-
-@pytest.fixture
-async def w(tmp_path, toy_engine):
-    async with FakeDiscord() as fake:
-        guild = fake.add_guild("Shapes")
-        channel = fake.add_channel(guild, "art")
-        mod_role = fake.add_role(guild, "mods", permissions=MANAGE_MESSAGES)
-        yield World(
-            fake,
-            guild,
-            channel,
-            fake.add_member(guild, "alice"),
-            fake.add_member(guild, "bob"),
-            fake.add_member(guild, "mia", roles=[mod_role]),
-            tmp_path,
-            toy_engine,
-        )
-
-
-def png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def bomb() -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", 20_000, 20_000, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
 
 
 def title(message) -> str:

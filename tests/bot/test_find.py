@@ -7,30 +7,11 @@ import io
 import re
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from models.toy import world
-from tests.bot.test_e2e import World, png
-from tests.fake_discord import FakeDiscord
+from tests.bot.conftest import png
 from tests.fake_discord.models import READ_MESSAGE_HISTORY, VIEW_CHANNEL
-
-
-@pytest.fixture
-async def w(tmp_path, toy_engine):
-    async with FakeDiscord() as fake:
-        guild = fake.add_guild("Shapes")
-        channel = fake.add_channel(guild, "art")
-        yield World(
-            fake,
-            guild,
-            channel,
-            fake.add_member(guild, "alice"),
-            fake.add_member(guild, "bob"),
-            fake.add_member(guild, "mia"),
-            tmp_path,
-            toy_engine,
-        )
 
 
 def numbers(reply) -> list[str]:
@@ -188,7 +169,7 @@ async def test_a_killed_scan_resumes_without_duplicates(w):
 
 
 def _bad_corpus() -> list[tuple[str, bytes, str]]:
-    from tests.bot.test_e2e import bomb
+    from tests.bot.conftest import bomb
 
     def encoded(image: Image.Image, fmt: str, **kw) -> bytes:
         buf = io.BytesIO()
