@@ -83,11 +83,11 @@ def main() -> None:
                     h = image_sha256(data)
                     if h not in fresh and index.missing_vectors([h], model_id):
                         fresh[h] = image
-                    rows.append((key, h))
+                    rows.append((key, h, len(data)))
                 vecs = clip.encode_images(list(fresh.values()), batch_size=args.batch)
                 index.put_vectors(model_id, dict(zip(fresh, vecs, strict=True)))
-                for key, h in rows:
-                    index.upsert(scope, key, h, {"hash": h, "size": len(blobs[0])})
+                for key, h, size in rows:
+                    index.upsert(scope, key, h, {"hash": h, "size": size})
 
         base_t, ours_t = interleaved(bare, ours, args.repeats)
 

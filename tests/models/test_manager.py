@@ -218,7 +218,8 @@ async def test_queue_positions_and_eta_move(tmp_path, shared_engine):
         ev2 = await collect(second)
         await first.result()
     positions = [e.position for e in ev2 if isinstance(e, Queued)]
-    assert positions[0] == 2 and 1 in positions and positions == sorted(positions, reverse=True)
+    # 2 if the first job had not started yet when the second was queued, else 1; never going up
+    assert positions[0] in (1, 2) and 1 in positions and positions == sorted(positions, reverse=True)
     etas = [e.eta_s for e in ev2 if isinstance(e, Queued) and e.eta_s is not None]
     assert etas, "an ETA appears once a step time is measured"
     assert isinstance(ev2[-1], Done)
