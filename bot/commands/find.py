@@ -93,9 +93,6 @@ class Find(commands.Cog):
         self.discord_index = DiscordIndex(bot.config, bot.manager, self.index)
         self.tasks: set[asyncio.Task[None]] = set()
 
-    async def cog_load(self) -> None:
-        self.discord_index.own_user_id = self.bot.user.id if self.bot.user else None
-
     @commands.Cog.listener()
     async def on_ready(self) -> None:
         self.discord_index.own_user_id = self.bot.user.id if self.bot.user else None
