@@ -21,7 +21,7 @@ from taming.modules.vqvae.quantize import VectorQuantizer2  # noqa: F401
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._timing import interleaved, median
-from iris.jobs import ImagineRequest
+from iris.request import ImagineRequest
 from models.clip import Clip
 from models.device import resolve_device
 from models.generate import VQGANGeneration

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from iris import __version__
 from iris.config import Config, load_config
 from iris.errors import BadRequest, IrisError
-from iris.jobs import parse_labels
+from iris.labels import parse_labels
 
 if TYPE_CHECKING:
     from models.engine import Engine

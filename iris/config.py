@@ -6,18 +6,61 @@ Secrets never live here: the bot token comes from the environment (`DISCORD_TOKE
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
 
 from iris.errors import ConfigError
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Range:
+    """A field's limits, declared on the field itself: `steps: Annotated[int, Range(ge=1)] = 300`."""
+
+    ge: float | None = None  # value >= ge
+    gt: float | None = None  # value > gt
+    le: float | None = None  # value <= le
+
+    def check(self, value: float, where: str) -> None:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number, got {value}")
+        if self.gt is not None and not value > self.gt:
+            if self.gt == 0:
+                raise ConfigError(f"{where} must be positive, got {value}")
+            raise ConfigError(f"{where} must be greater than {self.gt:g}, got {value}")
+        if self.ge is not None and not value >= self.ge:
+            if self.ge == 1 and isinstance(value, int):
+                raise ConfigError(f"{where} must be positive, got {value}")
+            raise ConfigError(f"{where} must be at least {self.ge:g}, got {value}")
+        if self.le is not None and not value <= self.le:
+            raise ConfigError(f"{where} must be at most {self.le:g}, got {value}")
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A string field's shape: `Annotated[str, Pattern(r"\\d{17,20}", "a server id")]`."""
+
+    regex: str
+    meaning: str
+
+    def check(self, value: str, where: str) -> None:
+        if not re.fullmatch(self.regex, value):
+            raise ConfigError(f"{where}: {value!r} is not {self.meaning}")
+
+
+Positive = Annotated[int, Range(ge=1)]  # a count: 1 or more
+PositiveFloat = Annotated[float, Range(gt=0)]  # a size or duration: more than 0
+Fraction = Annotated[float, Range(ge=0, le=1)]
+Snowflake = Annotated[str, Pattern(r"[0-9]{15,21}", "a Discord id (digits, in quotes)")]
 
 
 @dataclass(frozen=True)
@@ -31,19 +74,19 @@ class ClipConfig:
     preset: str = "ViT-B-32/laion2b_s34b_b79k"  # a name from `iris download --list`, or "toy"
     checkpoint: str | None = None  # local weights file (.pt/.bin/.safetensors) instead of the preset's
     arch_config: str | None = None  # open_clip JSON of a custom architecture (used with `checkpoint`)
-    batch_size: int = 32  # images per forward pass when embedding
-    text_cache: int = 512  # label/text embeddings kept in the LRU cache
+    batch_size: Positive = 32  # images per forward pass when embedding
+    text_cache: Annotated[int, Range(ge=0)] = 512  # label/text embeddings kept in the LRU cache (0: none)
 
 
 @dataclass(frozen=True)
 class ClassifyConfig:
     templates: str = "openai"  # prompt ensemble: "openai" (80 templates), "simple" (7) or "none"
-    top_k: int = 5  # labels shown per image
+    top_k: Positive = 5  # labels shown per image
     default_labels: list[str] = field(
         default_factory=lambda: ["a photo", "a drawing", "a screenshot", "a meme", "a diagram", "text"]
     )  # used when the user gives none
-    max_labels: int = 50  # labels per request
-    max_label_chars: int = 100  # characters per label
+    max_labels: Positive = 50  # labels per request
+    max_label_chars: Positive = 100  # characters per label
 
 
 @dataclass(frozen=True)
@@ -57,26 +100,32 @@ class VQGANConfig:
 @dataclass(frozen=True)
 class ImagineConfig:
     generator: str = "vqgan"  # "vqgan", or "pixels" (optimise RGB directly; no VQGAN weights needed)
-    steps: int = 300  # optimisation steps per image
-    width: int = 256  # px, rounded to the VQGAN's factor
-    height: int = 256  # px
-    cutouts: int = 32  # augmented views scored by CLIP per step (fewer: less memory, noisier)
-    lr: float = 0.1  # Adam learning rate on the latents
-    preview_every: int = 50  # steps between progress previews
-    max_steps: int = 1000  # upper bound a request may ask for
-    max_side: int = 512  # px, upper bound for width and height
-    max_prompt_chars: int = 500  # longer prompts are refused
+    steps: Positive = 300  # optimisation steps per image
+    width: Annotated[int, Range(ge=16)] = 256  # px, rounded to the VQGAN's factor
+    height: Annotated[int, Range(ge=16)] = 256  # px
+    cutouts: Annotated[int, Range(ge=1, le=128)] = (
+        32  # augmented views scored by CLIP per step (fewer: less memory, noisier)
+    )
+    lr: Annotated[float, Range(gt=0, le=10)] = 0.1  # Adam learning rate on the latents
+    preview_every: Positive = 50  # steps between progress previews
+    max_steps: Positive = 1000  # upper bound a request may ask for
+    max_side: Annotated[int, Range(ge=16)] = 512  # px, upper bound for width and height
+    max_prompt_chars: Positive = 500  # longer prompts are refused
 
 
 @dataclass(frozen=True)
 class ManagerConfig:
-    max_queue: int = 20  # generations waiting at most; one more gets QueueFull
-    max_queued_per_user: int = 2  # generations one user may have waiting
-    max_running_per_user: int = 1  # generations one user may have running
-    short_batch_size: int = 32  # short jobs (classify/embed) batched into one forward pass, at most
-    step_slice: int = 8  # cutouts per slice of a generation step; waiting short jobs run between slices
-    job_deadline_s: float = 900.0  # wall-clock limit of one generation, seconds, checked between steps
-    close_grace_s: float = 10.0  # on shutdown, seconds to let work finish before cancelling it
+    max_queue: Positive = 20  # generations waiting at most; one more gets QueueFull
+    max_queued_per_user: Annotated[int, Range(ge=0)] = 2  # generations one user may have waiting
+    max_running_per_user: Positive = 1  # generations one user may have running
+    short_batch_size: Positive = 32  # short jobs (classify/embed) batched into one forward pass, at most
+    step_slice: Positive = 8  # cutouts per slice of a generation step; waiting short jobs run between slices
+    job_deadline_s: PositiveFloat = (
+        900.0  # wall-clock limit of one generation, seconds, checked between steps
+    )
+    close_grace_s: Annotated[float, Range(ge=0)] = (
+        10.0  # on shutdown, seconds to let work finish before cancelling it
+    )
     drain_on_close: bool = (
         False  # on shutdown, run queued jobs within the grace (else keep them for next start)
     )
@@ -86,30 +135,34 @@ class ManagerConfig:
 
 @dataclass(frozen=True)
 class GuildConfig:
-    imagine_channels: list[str] = field(default_factory=list)  # channel ids where /imagine works; []: all
-    max_queued_per_user: int | None = None  # overrides manager.max_queued_per_user in this server
+    imagine_channels: list[Snowflake] = field(
+        default_factory=list
+    )  # channel ids where /imagine works; []: all
+    max_queued_per_user: Annotated[int, Range(ge=0)] | None = (
+        None  # overrides manager.max_queued_per_user in this server
+    )
     default_labels: list[str] | None = None  # overrides classify.default_labels in this server
-    find_excluded: list[str] = field(default_factory=list)  # channel ids /find never scans or shows
+    find_excluded: list[Snowflake] = field(default_factory=list)  # channel ids /find never scans or shows
 
 
 @dataclass(frozen=True)
 class DiscordConfig:
-    dev_guilds: list[str] = field(default_factory=list)  # server ids that get the commands at start-up
-    none_threshold: float = 0.25  # /classify notes "none of these" when the best probability is lower
+    dev_guilds: list[Snowflake] = field(default_factory=list)  # server ids that get the commands at start-up
+    none_threshold: Fraction = 0.25  # /classify notes "none of these" when the best probability is lower
     banned_prompts: list[str] = field(default_factory=list)  # regexes (case-insensitive) refused politely
     thread_per_job: bool = False  # open a thread per /imagine (for busy channels)
-    edits_per_window: int = 4  # progress edits of one message at most per window (Discord allows ~5/5 s)
-    edit_window_s: float = 5.0  # seconds
-    guilds: dict[str, GuildConfig] = field(default_factory=dict)  # per-server overrides, by server id
-    find_k: int = 9  # /find hits per page (a 3×3 grid)
-    find_download_concurrency: int = 4  # image downloads at once while indexing
-    find_downloads_per_s: float = 20.0  # image downloads per second at most
+    edits_per_window: Positive = 4  # progress edits of one message at most per window (Discord allows ~5/5 s)
+    edit_window_s: PositiveFloat = 5.0  # seconds
+    guilds: dict[Snowflake, GuildConfig] = field(default_factory=dict)  # per-server overrides, by server id
+    find_k: Annotated[int, Range(ge=1, le=10)] = 9  # /find hits per page (a 3×3 grid; 10 at most)
+    find_download_concurrency: Positive = 4  # image downloads at once while indexing
+    find_downloads_per_s: Annotated[float, Range(ge=1)] = 20.0  # image downloads per second at most
 
 
 @dataclass(frozen=True)
 class ImagesConfig:
-    max_bytes: int = 25 * 2**20  # largest accepted image file, bytes
-    max_pixels: int = 40_000_000  # largest accepted width × height (decompression-bomb guard)
+    max_bytes: Positive = 25 * 2**20  # largest accepted image file, bytes
+    max_pixels: Positive = 40_000_000  # largest accepted width × height (decompression-bomb guard)
 
 
 @dataclass(frozen=True)
@@ -151,23 +204,36 @@ _CHOICES = {
 
 def _check_type(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
+    if origin is Annotated:
+        base, *limits = typing.get_args(tp)
+        if base is str and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # an id written without quotes
+        value = _check_type(value, base, where)
+        for limit in limits:
+            if isinstance(limit, Range | Pattern):
+                limit.check(value, where)
+        return value
     if origin in (typing.Union, types.UnionType):
         errors = []
         for option in typing.get_args(tp):
             try:
                 return _check_type(value, option, where)
             except ConfigError as e:
-                errors.append(e)
-        raise errors[-1]
+                if option is not type(None):
+                    errors.append(e)
+        raise errors[0]
     if tp is type(None):
         if value is None:
             return None
         raise ConfigError(f"{where}: expected nothing (null), got {value!r}")
     if origin is dict:
-        _, val_t = typing.get_args(tp)
+        key_t, val_t = typing.get_args(tp)
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return {str(k): _check_type(v, val_t, f"{where}.{k}") for k, v in value.items()}
+        return {
+            _check_type(str(k), key_t, f"{where} key"): _check_type(v, val_t, f"{where}.{k}")
+            for k, v in value.items()
+        }
     if origin is list:
         (item,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -189,7 +255,7 @@ def _build(cls: type[T], data: Any, where: str) -> T:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
     if unknown:
@@ -206,42 +272,11 @@ def _validate(cfg: Config) -> None:
         if choices and value not in choices:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
     im = cfg.imagine
-    positives = {
-        "imagine.steps": im.steps,
-        "imagine.width": im.width,
-        "imagine.height": im.height,
-        "imagine.cutouts": im.cutouts,
-        "imagine.preview_every": im.preview_every,
-        "imagine.max_steps": im.max_steps,
-        "imagine.max_side": im.max_side,
-        "clip.batch_size": cfg.clip.batch_size,
-        "classify.top_k": cfg.classify.top_k,
-        "classify.max_labels": cfg.classify.max_labels,
-        "images.max_bytes": cfg.images.max_bytes,
-        "images.max_pixels": cfg.images.max_pixels,
-        "manager.max_queue": cfg.manager.max_queue,
-        "manager.max_queued_per_user": cfg.manager.max_queued_per_user,
-        "manager.max_running_per_user": cfg.manager.max_running_per_user,
-        "manager.short_batch_size": cfg.manager.short_batch_size,
-        "manager.step_slice": cfg.manager.step_slice,
-        "manager.job_deadline_s": cfg.manager.job_deadline_s,
-    }
-    for key, value in positives.items():
-        if value <= 0:
-            raise ConfigError(f"{key} must be positive, got {value}")
-    import re
-
     for pattern in cfg.discord.banned_prompts:
         try:
             re.compile(pattern)
         except re.error as e:
             raise ConfigError(f"discord.banned_prompts: {pattern!r} is not a valid regex ({e})") from e
-    if not 0 <= cfg.discord.none_threshold <= 1:
-        raise ConfigError("discord.none_threshold must be between 0 and 1")
-    if cfg.discord.edits_per_window < 1 or cfg.discord.edit_window_s <= 0:
-        raise ConfigError("discord.edits_per_window and edit_window_s must be positive")
-    if im.lr <= 0:
-        raise ConfigError(f"imagine.lr must be positive, got {im.lr}")
     if im.steps > im.max_steps or max(im.width, im.height) > im.max_side:
         raise ConfigError("imagine: the default steps/size exceed imagine.max_steps/max_side")
     if not (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith(("cuda", "mps"))):

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from iris.errors import BadRequest
+from iris.prompts import split_weight
 
 _SPLIT = re.compile(r"(?:^|\s+)([+-])(?=\S)")
-_WEIGHT = re.compile(r"^(?P<text>.*?):(?P<w>\d*\.?\d+)$", re.S)
 
 
 @dataclass(frozen=True)
@@ -34,11 +34,8 @@ def parse_query(query: str, max_chars: int = 500) -> list[QueryTerm]:
         part = part.strip()
         if not part:
             continue
-        weight = 1.0
-        m = _WEIGHT.match(part)
-        if m and m.group("text").strip():
-            part, weight = m.group("text").strip(), float(m.group("w"))
-        terms.append(QueryTerm(part, sign * weight))
+        w = split_weight(part)  # the same `text:weight` syntax as prompts
+        terms.append(QueryTerm(w.text, sign * w.weight))
         sign = 1.0
     return terms
 

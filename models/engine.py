@@ -14,7 +14,8 @@ from PIL import Image
 
 from iris.config import Config
 from iris.errors import BadRequest
-from iris.jobs import ImagineRequest, check_labels
+from iris.labels import check_labels
+from iris.request import ImagineRequest
 from models.clip import Clip, Prediction, load_clip
 from models.generate import Generation, create_generation
 from models.toy import TOY_VQGAN_CONFIG, TOY_VQGAN_WEIGHTS

@@ -21,7 +21,8 @@ from PIL import Image
 
 from iris.errors import BadRequest
 from iris.images import load_image
-from iris.jobs import ImagineRequest, parse_prompt
+from iris.prompts import parse_prompt
+from iris.request import ImagineRequest
 from models.clip import Clip
 from models.cutouts import CutoutConfig, make_cutouts
 from models.vqgan import VQGAN

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from iris.errors import IrisError, JobCancelled
-from iris.jobs import ImagineRequest
+from iris.request import ImagineRequest
 from models.events import TERMINAL, Cancelled, Done, Event, Failed
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iris.jobs import ImagineRequest
+from iris.request import ImagineRequest
 from iris.sqlite import connect
 
 UNFINISHED = ("queued", "running")

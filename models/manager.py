@@ -35,7 +35,7 @@ from iris.errors import (
     UserLimitReached,
 )
 from iris.images import ImageLimits, load_image
-from iris.jobs import ImagineRequest
+from iris.request import ImagineRequest
 from models.clip import Prediction, top_predictions
 from models.engine import Engine
 from models.events import Cancelled, Done, Event, Failed, Progress, Queued, Started

@@ -12,7 +12,7 @@ from bot.app import IrisBot
 from bot.errors import reply_error
 from iris.errors import BadImage
 from iris.images import human_bytes
-from iris.jobs import check_labels, parse_labels
+from iris.labels import check_labels, parse_labels
 from models.clip import Prediction
 
 log = logging.getLogger(__name__)

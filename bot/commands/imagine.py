@@ -18,7 +18,7 @@ from bot.errors import Refused, reply_error
 from bot.progress import ProgressMessage, View
 from iris.errors import BadImage
 from iris.images import human_bytes
-from iris.jobs import ImagineRequest
+from iris.request import ImagineRequest
 from models.events import Cancelled, Done, Failed, Progress, Queued, Started
 from models.handle import JobHandle
 

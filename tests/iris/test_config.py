@@ -42,6 +42,14 @@ def test_defaults_equal_shipped_file_where_it_is_silent():
         ({"imagine": {"generator": "diffusion"}}, "imagine.generator"),
         ({"imagine": {"steps": 2000}}, "max_steps"),
         ([1, 2], "expected a mapping"),
+        ({"discord": {"find_download_concurrency": 0}}, "find_download_concurrency must be positive"),
+        ({"clip": {"text_cache": -1}}, "text_cache must be at least 0"),
+        ({"discord": {"dev_guilds": ["my server"]}}, r"dev_guilds\[0\]: 'my server' is not a Discord id"),
+        ({"discord": {"guilds": {"abc": {}}}}, "not a Discord id"),
+        ({"discord": {"guilds": {"123456789012345678": {"max_queued_per_user": -1}}}}, "at least 0"),
+        ({"discord": {"none_threshold": 1.5}}, "none_threshold must be at most 1"),
+        ({"imagine": {"lr": float("nan")}}, "finite"),
+        ({"manager": {"job_deadline_s": 0}}, "job_deadline_s must be positive"),
     ],
 )
 def test_bad_config_names_the_key(data, match):
@@ -63,3 +71,8 @@ def test_cache_dir(monkeypatch):
     monkeypatch.setenv("IRIS_CACHE", "/somewhere/cache")
     assert str(parse_config({}).cache_dir) == "/somewhere/cache"
     assert str(parse_config({"weights": {"cache_dir": "/x"}}).cache_dir) == "/x"
+
+
+def test_unquoted_ids_are_read_as_ids():
+    cfg = parse_config({"discord": {"dev_guilds": [123456789012345678]}})
+    assert cfg.discord.dev_guilds == ["123456789012345678"]

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from iris.errors import BadImage, BadRequest
-from iris.jobs import ImagineRequest
+from iris.request import ImagineRequest
 from models.generate import (
     PixelGeneration,
     VQGANGeneration,

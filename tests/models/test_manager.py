@@ -16,7 +16,7 @@ import yaml
 
 from iris.config import parse_config
 from iris.errors import JobCancelled, JobTimedOut, OutOfMemory, QueueFull, UserLimitReached
-from iris.jobs import ImagineRequest
+from iris.request import ImagineRequest
 from models.engine import Engine
 from models.events import Cancelled, Done, Failed, Progress, Queued, Started
 from models.handle import InternalError

@@ -5,7 +5,9 @@ import math
 import pytest
 
 from iris.errors import BadRequest
-from iris.jobs import ImagineRequest, PromptPart, check_labels, parse_labels, parse_prompt
+from iris.labels import check_labels, parse_labels
+from iris.prompts import PromptPart, parse_prompt
+from iris.request import ImagineRequest
 
 
 def test_parse_prompt_weights_and_colons():
