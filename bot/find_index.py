@@ -21,13 +21,12 @@ from PIL import Image
 
 from iris.config import Config
 from iris.errors import BadImage
-from iris.images import ImageLimits, image_sha256, load_image
+from iris.images import IMAGE_SUFFIXES, ImageLimits, image_sha256, load_image
 from iris.index import ImageIndex, ScanState
 from models.manager import InferenceManager
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp")
 PAGE = 100  # messages per history request
 
 

@@ -36,6 +36,9 @@ class ImageLimits:
 
 DEFAULT_LIMITS = ImageLimits()
 
+# File endings Iris treats as images (folders to index, attachments without a content type): one list.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff")
+
 # Our format name -> Pillow's. Pillow is only ever asked to open the format the magic bytes name, so a
 # file cannot reach one of its rarer, less hardened plugins by accident.
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "gif": "GIF", "webp": "WEBP", "bmp": "BMP", "tiff": "TIFF"}
@@ -77,7 +80,7 @@ def read_image_bytes(
 
     `name` is how messages call the file; it defaults to the path.
     """
-    who = _who(name if name is not None else os.fspath(path))
+    who = image_name(name if name is not None else os.fspath(path))
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -89,7 +92,7 @@ def read_image_bytes(
         raise BadImage(f"{who} is a folder, not an image.") from None
     except OSError as e:
         raise BadImage(f"{who} could not be read: {e.strerror or e}.") from None
-    _check_bytes(max(size, len(data)), limits, who)
+    check_size(max(size, len(data)), limits, who)
     return data
 
 
@@ -105,11 +108,11 @@ def load_image(
     is composited over white.
     """
     if isinstance(source, bytes):
-        data, who = source, _who(name)
-        _check_bytes(len(data), limits, who)
+        data, who = source, image_name(name)
+        check_size(len(data), limits, who)
     else:
         data = read_image_bytes(source, limits, name)
-        who = _who(name if name is not None else os.fspath(source))
+        who = image_name(name if name is not None else os.fspath(source))
 
     fmt = sniff(data)
     if fmt is None:
@@ -174,7 +177,8 @@ def _header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
     return size
 
 
-def _check_bytes(size: int, limits: ImageLimits, who: str) -> None:
+def check_size(size: int, limits: ImageLimits, who: str) -> None:
+    """The one size check of an image file, download or attachment (`who`: as `image_name` names it)."""
     if size == 0:
         raise BadImage(f"{who} is empty.")
     if size > limits.max_bytes:
@@ -189,7 +193,7 @@ def _check_pixels(size: tuple[int, int], limit: int, who: str) -> None:
         raise BadImage(f"{who} is too large: {width}×{height} pixels (the limit is {limit:,} pixels).")
 
 
-def _who(name: str | None) -> str:
+def image_name(name: str | None) -> str:
     """How messages name an image: its name, quoted and shortened, or 'The image'."""
     if not name:
         return "The image"
@@ -209,8 +213,11 @@ def human_bytes(n: int) -> str:
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "IMAGE_SUFFIXES",
     "ImageLimits",
+    "check_size",
     "human_bytes",
+    "image_name",
     "image_sha256",
     "load_image",
     "read_image_bytes",

@@ -20,12 +20,18 @@ import numpy as np
 from PIL import Image
 
 from iris.errors import BadImage
-from iris.images import DEFAULT_LIMITS, ImageLimits, image_sha256, load_image, read_image_bytes
-from iris.sqlite import connect
+from iris.images import (
+    DEFAULT_LIMITS,
+    IMAGE_SUFFIXES,
+    ImageLimits,
+    image_sha256,
+    load_image,
+    read_image_bytes,
+)
+from iris.sqlite import connect, transaction
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vectors (
@@ -124,7 +130,7 @@ class ImageIndex:
 
     def put_vectors(self, model_id: str, vectors: dict[str, np.ndarray]) -> None:
         rows = [(h, model_id, np.asarray(v, dtype="<f2").tobytes()) for h, v in vectors.items()]
-        with self._lock, self._db:
+        with self._lock, transaction(self._db):
             self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)", rows)
             self._version += 1
 
@@ -140,7 +146,7 @@ class ImageIndex:
     def upsert(
         self, scope: str, key: str, content_hash: str | None, meta: dict[str, Any], status: str = "ok"
     ) -> None:
-        with self._lock, self._db:
+        with self._lock, transaction(self._db):
             self._db.execute(
                 "INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?)",
                 (scope, key, content_hash, status, json.dumps(meta)),
@@ -148,7 +154,7 @@ class ImageIndex:
             self._version += 1
 
     def remove(self, scope: str, keys: Sequence[str]) -> int:
-        with self._lock, self._db:
+        with self._lock, transaction(self._db):
             n = 0
             for chunk in _chunks(list(keys), 500):
                 n += self._db.execute(
@@ -160,7 +166,7 @@ class ImageIndex:
     def remove_prefix(self, scope: str, prefix: str) -> int:
         """Remove the items of `scope` whose key starts with `prefix` (e.g. every image of one message)."""
         pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        with self._lock, self._db:
+        with self._lock, transaction(self._db):
             n = self._db.execute(
                 "DELETE FROM items WHERE scope = ? AND key LIKE ? ESCAPE '\\'", (scope, pattern)
             ).rowcount
@@ -169,7 +175,7 @@ class ImageIndex:
 
     def remove_scope(self, scope: str) -> int:
         """Forget a whole scope (a deleted channel): its items and its scan state."""
-        with self._lock, self._db:
+        with self._lock, transaction(self._db):
             n = self._db.execute("DELETE FROM items WHERE scope = ?", (scope,)).rowcount
             self._db.execute("DELETE FROM scans WHERE scope = ?", (scope,))
             self._version += 1

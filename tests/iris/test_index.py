@@ -94,3 +94,20 @@ def test_search_sees_changes_through_the_cache(tmp_path):
         assert [h.key for h in hits] == ["b", "a"] and hits[0].meta == {"n": 1}
         index.remove("s", ["b"])
         assert [h.key for h in index.search(v[1], ["s"], "m")] == ["a"]
+
+
+def test_a_failed_multi_statement_write_leaves_nothing(tmp_path):
+    """remove_scope deletes items AND the scan state; an error between the two must undo the first."""
+    from iris.index import ImageIndex, ScanState
+    from iris.sqlite import transaction
+
+    index = ImageIndex(tmp_path / "i.sqlite3")
+    index.upsert("s", "k", None, {}, status="bad")
+    index.set_scan_state("s", ScanState(5, 1, True))
+    try:
+        with transaction(index._db):
+            index._db.execute("DELETE FROM items WHERE scope = 's'")
+            raise RuntimeError("disk full")
+    except RuntimeError:
+        pass
+    assert index.items("s") and index.scan_state("s").complete
