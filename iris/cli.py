@@ -7,14 +7,13 @@ import json
 import logging
 import os
 import sys
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from iris import __version__
 from iris.config import Config, load_config
-from iris.errors import BadRequest, IrisError
+from iris.errors import BadRequest, IrisError, report_unexpected
 from iris.labels import parse_labels
 
 if TYPE_CHECKING:
@@ -377,8 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         if args.debug:
             raise
-        error_id = uuid.uuid4().hex[:8]
-        log.debug("unexpected error %s", error_id, exc_info=True)
+        error_id = report_unexpected(log, e, f"iris {args.command}", level=logging.DEBUG)
         print(
             f"iris: internal error {error_id}: {type(e).__name__}: {e} (run with --debug for the traceback)",
             file=sys.stderr,

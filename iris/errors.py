@@ -6,6 +6,9 @@ its traceback behind a short apology.
 
 from __future__ import annotations
 
+import logging
+import uuid
+
 
 class IrisError(Exception):
     """Base of every error whose message may be shown to a user as it is."""
@@ -64,3 +67,29 @@ class OutOfMemory(IrisError):
 
 class ServiceClosed(IrisError):
     """The inference manager is shutting down and takes no new jobs."""
+
+
+class InternalError(IrisError):
+    """Something unexpected broke; the message carries an error id to find the traceback in the log."""
+
+
+def report_unexpected(
+    logger: logging.Logger, exc: BaseException, what: str, level: int = logging.ERROR
+) -> str:
+    """Log an unexpected `exc` with its traceback under a fresh short error id, and return the id.
+
+    The one place error ids are minted: people see only the id, the log keeps the traceback.
+    `what` names what failed ("job 1a2b3c", "/classify"); `level` lets the command line keep tracebacks
+    at debug level (shown with -vv) so they never reach the terminal by default.
+    """
+    error_id = uuid.uuid4().hex[:8]
+    logger.log(level, "%s failed unexpectedly (error id %s)", what, error_id, exc_info=exc)
+    return error_id
+
+
+def internal_error(logger: logging.Logger, exc: BaseException, what: str) -> IrisError:
+    """`exc` itself if it is user-facing, else an InternalError whose message carries a logged error id."""
+    if isinstance(exc, IrisError):
+        return exc
+    error_id = report_unexpected(logger, exc, what)
+    return InternalError(f"something went wrong on our side (error id {error_id})")

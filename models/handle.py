@@ -7,16 +7,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from iris.errors import IrisError, JobCancelled
+from iris.errors import JobCancelled
 from iris.request import ImagineRequest
 from models.events import TERMINAL, Cancelled, Done, Event, Failed
 
 if TYPE_CHECKING:
     from models.manager import InferenceManager
-
-
-class InternalError(IrisError):
-    """Something unexpected broke a job; the message carries an id to find the traceback in the log."""
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from iris.errors import (
     QueueFull,
     ServiceClosed,
     UserLimitReached,
+    internal_error,
 )
 from iris.images import ImageLimits, load_image
 from iris.request import ImagineRequest
@@ -40,7 +41,7 @@ from models.clip import Prediction, top_predictions
 from models.engine import Engine
 from models.events import Cancelled, Done, Event, Failed, Progress, Queued, Started
 from models.generate import Generation, png_bytes
-from models.handle import InternalError, JobHandle, JobSummary, ManagerStatus
+from models.handle import JobHandle, JobSummary, ManagerStatus
 from models.journal import Journal, JournalEntry
 
 log = logging.getLogger(__name__)
@@ -384,7 +385,7 @@ class InferenceManager:
         try:
             gen = self.engine.new_generation(job.request)
         except Exception as e:
-            self._end(job, Failed(self._user_error(e)), "failed", error=str(e))
+            self._end(job, Failed(self._user_error(e, f"job {job.id}")), "failed", error=str(e))
             return
         gen.before_step = self.step_hook
         job.gen = gen
@@ -418,7 +419,7 @@ class InferenceManager:
             self._retry_after_oom(job)
             return
         except Exception as e:
-            self._end(job, Failed(self._user_error(e)), "failed", error=str(e))
+            self._end(job, Failed(self._user_error(e, f"job {job.id}")), "failed", error=str(e))
             return
         dt = time.perf_counter() - t0
         self._step_time = dt if self._step_time is None else 0.8 * self._step_time + 0.2 * dt
@@ -516,12 +517,8 @@ class InferenceManager:
             loop.call_soon_threadsafe(fn, *args)
 
     @staticmethod
-    def _user_error(e: BaseException) -> IrisError:
-        if isinstance(e, IrisError):
-            return e
-        error_id = uuid.uuid4().hex[:8]
-        log.error("job failed unexpectedly (error id %s)", error_id, exc_info=e)
-        return InternalError(f"something went wrong on our side (error id {error_id})")
+    def _user_error(e: BaseException, what: str = "a short job") -> IrisError:
+        return internal_error(log, e, what)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -15,11 +15,10 @@ import torch
 import yaml
 
 from iris.config import parse_config
-from iris.errors import JobCancelled, JobTimedOut, OutOfMemory, QueueFull, UserLimitReached
+from iris.errors import InternalError, JobCancelled, JobTimedOut, OutOfMemory, QueueFull, UserLimitReached
 from iris.request import ImagineRequest
 from models.engine import Engine
 from models.events import Cancelled, Done, Failed, Progress, Queued, Started
-from models.handle import InternalError
 from models.manager import InferenceManager
 from models.toy import world
 
