@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from iris.errors import JobCancelled
 from iris.request import ImagineRequest
 from models.events import TERMINAL, Cancelled, Done, Event, Failed
+from models.journal import JobState
 
 if TYPE_CHECKING:
     from models.manager import InferenceManager
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 class JobSummary:
     id: str
     owner: str
-    state: str  # "queued" or "running"
+    state: JobState  # QUEUED or RUNNING
     step: int
     total: int
     position: int  # 0 while running, 1.. while queued

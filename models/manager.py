@@ -42,7 +42,7 @@ from models.engine import Engine
 from models.events import Cancelled, Done, Event, Failed, Progress, Queued, Started
 from models.generate import Generation, png_bytes
 from models.handle import JobHandle, JobSummary, ManagerStatus
-from models.journal import Journal, JournalEntry
+from models.journal import JobState, Journal, JournalEntry
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class InferenceManager:
     def __init__(self, config: Config, engine: Engine | None = None) -> None:
         self.config = config
         self.engine = engine or Engine(config)
-        self.journal = Journal(config.manager.journal_path)
+        self._journal: Journal | None = None  # opened (and locked) by start()
         self.step_hook: Callable[[Generation], None] | None = None  # called before each step (tests)
         self._cv = threading.Condition()
         self._short: deque[_ShortJob] = deque()
@@ -90,6 +90,7 @@ class InferenceManager:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._step_time: float | None = None
         self._unfinished: dict[str, JournalEntry] = {}
+        self._undelivered: dict[str, JournalEntry] = {}
         self.forward_batches = 0  # short-job batches run (each one image forward pass at most)
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -100,9 +101,19 @@ class InferenceManager:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    @property
+    def journal(self) -> Journal:
+        """The job journal (read it with `journal.get(job_id)`); open between start() and close()."""
+        if self._journal is None:
+            raise ServiceClosed("the inference manager is not running")
+        return self._journal
+
     async def start(self) -> None:
+        """Open the journal (JournalLocked if another manager owns it) and start the worker."""
         self._loop = asyncio.get_running_loop()
-        self._unfinished = {e.id: e for e in self.journal.unfinished()}
+        self._journal = Journal(self.config.manager.journal_path)
+        self._unfinished = {e.id: e for e in self._journal.unfinished()}
+        self._undelivered = {e.id: e for e in self._journal.in_states(JobState.GENERATED)}
         self._accepting = True
         self._thread = threading.Thread(target=self._worker, name="iris-inference", daemon=True)
         self._thread.start()
@@ -112,6 +123,7 @@ class InferenceManager:
     async def close(self, grace_s: float | None = None) -> None:
         """Stop taking jobs; drain or cancel what is left within the grace period; stop the worker."""
         if self._thread is None:
+            self._close_journal()
             return
         self._accepting = False
         grace = self.config.manager.close_grace_s if grace_s is None else grace_s
@@ -140,7 +152,12 @@ class InferenceManager:
         for short in list(self._short):
             self._resolve(short.future, error=ServiceClosed("the service is shutting down"))
         self._short.clear()
-        self.journal.close()
+        self._close_journal()
+
+    def _close_journal(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
 
     # -- short jobs --------------------------------------------------------------------------------
     async def classify(
@@ -238,13 +255,30 @@ class InferenceManager:
         """Jobs the previous run left queued or running, for the caller to resubmit or discard."""
         return list(self._unfinished.values())
 
+    def undelivered(self) -> list[JournalEntry]:
+        """Jobs the previous run GENERATED but never saw delivered, oldest first, each with its result
+        (`result_png`, `seed`, `step`, `clip_score`, `reduced`): deliver each, then `mark_delivered` it.
+
+        A snapshot taken at start(): jobs generated during this run are delivered from their Done event.
+        """
+        return list(self._undelivered.values())
+
+    def mark_delivered(self, job_id: str) -> bool:
+        """Record that a GENERATED job's picture reached its place: GENERATED → DELIVERED.
+
+        Idempotent; True only when this call changed the state (False for an unknown job, a job not
+        generated yet, or one already delivered). A restart redelivers every job not marked.
+        """
+        self._undelivered.pop(job_id, None)
+        return self.journal.move(job_id, JobState.GENERATED, JobState.DELIVERED)
+
     def resubmit(self, entry: JournalEntry) -> JobHandle:
         handle = self.imagine(entry.request, entry.owner, entry.meta, job_id=entry.id)
         self._unfinished.pop(entry.id, None)
         return handle
 
     def discard(self, entry: JournalEntry) -> None:
-        self.journal.update(entry.id, state="cancelled", error="discarded after a restart")
+        self.journal.update(entry.id, state=JobState.CANCELLED, error="discarded after a restart")
         self._unfinished.pop(entry.id, None)
 
     def cancel(self, job_id: str) -> bool:
@@ -264,7 +298,7 @@ class InferenceManager:
             for job in self._queue:
                 if job.id == job_id:
                     self._queue.remove(job)
-                    self.journal.update(job_id, state="cancelled")
+                    self.journal.update(job_id, state=JobState.CANCELLED)
                     self._emit(job, Cancelled())
                     self._publish_positions_locked()
                     return True
@@ -280,9 +314,9 @@ class InferenceManager:
             running = None
             if cur is not None:
                 step = cur.gen.steps_done if cur.gen else 0
-                running = JobSummary(cur.id, cur.owner, "running", step, cur.request.steps, 0)
+                running = JobSummary(cur.id, cur.owner, JobState.RUNNING, step, cur.request.steps, 0)
             queued = [
-                JobSummary(j.id, j.owner, "queued", 0, j.request.steps, i)
+                JobSummary(j.id, j.owner, JobState.QUEUED, 0, j.request.steps, i)
                 for i, j in enumerate(self._queue, 1)
             ]
         eng = self.engine
@@ -380,19 +414,19 @@ class InferenceManager:
 
     def _start_job(self, job: _Job) -> None:
         if job.cancel.is_set():
-            self._end(job, Cancelled(), "cancelled")
+            self._end(job, Cancelled(), JobState.CANCELLED)
             return
         try:
             gen = self.engine.new_generation(job.request)
         except Exception as e:
-            self._end(job, Failed(self._user_error(e, f"job {job.id}")), "failed", error=str(e))
+            self._end(job, Failed(self._user_error(e, f"job {job.id}")), JobState.FAILED, error=str(e))
             return
         gen.before_step = self.step_hook
         job.gen = gen
         job.started_at = time.monotonic()
         if job.request.seed is None:  # a retry after out-of-memory keeps the same seed
             job.request = dataclasses.replace(job.request, seed=gen.seed)
-        self.journal.update(job.id, state="running", seed=gen.seed, step=0)
+        self.journal.update(job.id, state=JobState.RUNNING, seed=gen.seed, step=0)
         w, h = gen.size
         reduced = "; ".join(job.reduced) or None
         self._emit(job, Started(gen.seed, w, h, job.request.cutouts, reduced))
@@ -401,7 +435,8 @@ class InferenceManager:
         gen = job.gen
         assert gen is not None and job.started_at is not None
         if job.cancel.is_set():
-            state = "cancelled" if self._accepting else "running"  # a shutdown keeps it for the next start
+            # a shutdown keeps it for the next start
+            state = JobState.CANCELLED if self._accepting else JobState.RUNNING
             self._end(job, Cancelled("cancelled" if self._accepting else "shutdown"), state)
             return
         elapsed = time.monotonic() - job.started_at
@@ -410,7 +445,7 @@ class InferenceManager:
             err = JobTimedOut(
                 f"the generation ran past its {deadline:g} s limit after {gen.steps_done} steps"
             )
-            self._end(job, Failed(err), "failed", error=err.message)
+            self._end(job, Failed(err), JobState.FAILED, error=err.message)
             return
         t0 = time.perf_counter()
         try:
@@ -419,7 +454,7 @@ class InferenceManager:
             self._retry_after_oom(job)
             return
         except Exception as e:
-            self._end(job, Failed(self._user_error(e, f"job {job.id}")), "failed", error=str(e))
+            self._end(job, Failed(self._user_error(e, f"job {job.id}")), JobState.FAILED, error=str(e))
             return
         dt = time.perf_counter() - t0
         self._step_time = dt if self._step_time is None else 0.8 * self._step_time + 0.2 * dt
@@ -436,7 +471,11 @@ class InferenceManager:
             result = gen.result()
             reduced = "; ".join(job.reduced) or None
             done = Done(result.image, result.seed, result.steps, result.clip_score, reduced)
-            self._end(job, done, "done")
+            png = png_bytes(result.image)
+            self._end(
+                job, done, JobState.GENERATED,
+                result_png=png, seed=result.seed, clip_score=result.clip_score, reduced=reduced,
+            )  # fmt: skip
 
     def _retry_after_oom(self, job: _Job) -> None:
         """Free memory, then retry with fewer cutouts, then with a smaller size; then fail."""
@@ -458,14 +497,14 @@ class InferenceManager:
                 f"the device ran out of memory even at {req.width}×{req.height} with {req.cutouts} cutouts; "
                 "try a smaller size"
             )
-            self._end(job, Failed(err), "failed", error=err.message)
+            self._end(job, Failed(err), JobState.FAILED, error=err.message)
             return
         log.warning("job %s ran out of memory; retrying with %s", job.id, job.reduced[-1])
         job.request = new
         self._start_job(job)
 
-    def _end(self, job: _Job, event: Event, state: str, error: str | None = None) -> None:
-        changes: dict[str, Any] = {"state": state}
+    def _end(self, job: _Job, event: Event, state: JobState, error: str | None = None, **result: Any) -> None:
+        changes: dict[str, Any] = {"state": state, **result}
         if error is not None:
             changes["error"] = error
         if job.gen is not None:

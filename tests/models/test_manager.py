@@ -19,6 +19,7 @@ from iris.errors import InternalError, JobCancelled, JobTimedOut, OutOfMemory, Q
 from iris.request import ImagineRequest
 from models.engine import Engine
 from models.events import Cancelled, Done, Failed, Progress, Queued, Started
+from models.journal import JobState
 from models.manager import InferenceManager
 from models.toy import world
 
@@ -293,7 +294,7 @@ async def test_close_with_jobs_in_flight_and_journal_round_trip(tmp_path, shared
         done = await h.result()
         again.discard(entries[0])
         assert again.unfinished() == []
-        assert again.journal.get(queued.id).state == "done"
+        assert again.journal.get(queued.id).state == JobState.GENERATED
         assert again.journal.get(running.id).state == "cancelled"
     assert isinstance(done, Done)
 
@@ -308,3 +309,40 @@ async def test_refuses_after_close(tmp_path, shared_engine):
         m.imagine(req(), owner="a")
     with pytest.raises(ServiceClosed):
         await m.embed_text("x")
+
+
+async def test_a_generated_picture_is_journaled_and_redelivered_after_a_restart(tmp_path, shared_engine):
+    async with _manager(tmp_path, shared_engine) as m:
+        h = m.imagine(req(steps=2, seed=None), owner="a", meta={"channel": "7"})
+        done = await h.result()
+        entry = m.journal.get(h.id)
+        assert entry.state == JobState.GENERATED  # made, not yet delivered
+        assert entry.seed == done.seed and entry.step == 2 and entry.clip_score == done.clip_score
+        assert entry.result_png == done.png()
+        assert m.undelivered() == []  # this run delivers from the Done event; the snapshot is the last run's
+    # "kill -9" before the bot confirmed delivery: the next start offers it again, once
+    async with _manager(tmp_path, shared_engine) as again:
+        [pending] = again.undelivered()
+        assert pending.id == h.id and pending.result_png == done.png() and pending.meta == {"channel": "7"}
+        assert again.mark_delivered(h.id) is True
+        assert again.mark_delivered(h.id) is False  # idempotent
+        assert again.undelivered() == []
+        assert again.journal.get(h.id).state == JobState.DELIVERED
+        assert again.mark_delivered("no-such-job") is False
+    async with _manager(tmp_path, shared_engine) as third:
+        assert third.undelivered() == []
+
+
+async def test_job_states_are_the_enum(tmp_path, shared_engine):
+    async with _manager(tmp_path, shared_engine) as m:
+        gate = Gate()
+        m.step_hook = gate
+        running = m.imagine(req(steps=2), owner="a")
+        queued = m.imagine(req(steps=1), owner="b")
+        await gate.wait_entered()
+        st = m.status()
+        assert st.running.state is JobState.RUNNING and st.queued[0].state is JobState.QUEUED
+        assert m.journal.get(queued.id).state is JobState.QUEUED
+        gate.release.set()
+        await running.result()
+        await queued.result()

@@ -1,0 +1,153 @@
+"""The job journal on real SQLite: request round trips, result storage, migration, ownership, retention."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+import typing
+
+import pytest
+
+from iris.request import ImagineRequest
+from models.journal import JobState, Journal
+
+
+@pytest.fixture
+def journal(tmp_path):
+    j = Journal(tmp_path / "jobs.sqlite3")
+    yield j
+    j.close()
+
+
+def _every_field_set() -> ImagineRequest:
+    """A request with every field away from its default (bytes ones included), built from the fields
+    themselves so a field added later is covered without touching this test."""
+    samples: dict[type | str, object] = {
+        str: "a fox: 2 | ünïcode ☃",
+        int: 123,
+        float: 0.25,
+        bytes: b"\x00\xffPNG",
+    }
+    values = {}
+    hints = typing.get_type_hints(ImagineRequest)
+    for f in dataclasses.fields(ImagineRequest):
+        hint = hints[f.name]
+        kinds = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        kind = typing.get_origin(kinds[0]) or kinds[0]
+        if kind is tuple:  # e.g. tuple[tuple[bytes, float], ...]: one element of each inner kind
+            inner = typing.get_args(kinds[0])[0]
+            values[f.name] = (tuple(samples[t] for t in typing.get_args(inner)),)
+        else:
+            values[f.name] = samples[kind]
+    values["generator"] = "pixels"
+    req = ImagineRequest(**values)
+    for f in dataclasses.fields(ImagineRequest):
+        assert getattr(req, f.name) != f.default, f"{f.name} is still at its default"
+    return req
+
+
+def test_every_request_field_survives_a_round_trip(tmp_path):
+    req = _every_field_set()
+    j = Journal(tmp_path / "j.sqlite3")
+    j.add("job1", "u1", req, {"channel": "1"})
+    j.close()
+    again = Journal(tmp_path / "j.sqlite3")  # from disk, not from memory
+    try:
+        got = again.get("job1").request
+    finally:
+        again.close()
+    assert got == req
+    for f in dataclasses.fields(ImagineRequest):
+        assert type(getattr(got, f.name)) is type(getattr(req, f.name)), f.name
+
+
+def test_tuples_of_bytes_and_nested_values_round_trip(journal):
+    from models.journal import _decode, _encode
+
+    value = {"prompts": ((b"\x01\x02", 0.5), (b"", -1.0)), "list": [b"x", None, True, "s"]}
+    blobs: list[bytes] = []
+    encoded = _encode(value, blobs)
+    assert blobs == [b"\x01\x02", b"", b"x"]
+    assert _decode(json.loads(json.dumps(encoded)), blobs) == value
+
+
+def test_bytes_are_stored_as_blobs_not_text(journal, tmp_path):
+    big = bytes(range(256)) * 4000
+    journal.add("j", "u", ImagineRequest("x", init_image=big), {})
+    row = journal._db.execute("SELECT request FROM jobs WHERE id = 'j'").fetchone()
+    assert len(row[0]) < 1000  # the JSON holds a reference, not the megabyte
+    assert journal.get("j").request.init_image == big
+
+
+def test_a_journal_from_before_results_opens_and_reads(tmp_path):
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """CREATE TABLE jobs (id TEXT PRIMARY KEY, owner TEXT NOT NULL, request TEXT NOT NULL,
+        init_image BLOB, meta TEXT NOT NULL, state TEXT NOT NULL, step INTEGER NOT NULL DEFAULT 0,
+        total INTEGER NOT NULL, seed INTEGER, error TEXT, created REAL NOT NULL, updated REAL NOT NULL);"""
+    )
+    fields = {
+        k: v for k, v in dataclasses.asdict(ImagineRequest("old", steps=5)).items() if k != "init_image"
+    }
+    db.execute(
+        "INSERT INTO jobs VALUES ('a', 'u', ?, ?, '{}', 'queued', 0, 5, 9, NULL, 1.0, 1.0)",
+        (json.dumps(fields), b"INIT"),
+    )
+    db.execute(
+        "INSERT INTO jobs VALUES ('b', 'u', ?, NULL, '{}', 'done', 5, 5, 9, NULL, 1.0, 1.0)",
+        (json.dumps(fields),),
+    )
+    db.commit()
+    db.close()
+    j = Journal(path)
+    try:
+        a, b = j.get("a"), j.get("b")
+    finally:
+        j.close()
+    assert a.request.init_image == b"INIT" and a.state is JobState.QUEUED and a.result_png is None
+    assert b.state is JobState.DELIVERED  # "done" meant posted
+
+
+def test_mark_state_moves_only_from_the_expected_state(journal):
+    journal.add("j", "u", ImagineRequest("x"), {})
+    assert not journal.move("j", JobState.GENERATED, JobState.DELIVERED)
+    journal.update("j", state=JobState.GENERATED, result_png=b"png", clip_score=0.5, reduced="cutouts 2 → 1")
+    assert journal.move("j", JobState.GENERATED, JobState.DELIVERED)
+    e = journal.get("j")
+    assert (e.state, e.result_png, e.clip_score, e.reduced) == (
+        JobState.DELIVERED,
+        b"png",
+        0.5,
+        "cutouts 2 → 1",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _LaterRequest(ImagineRequest):
+    """A request as a later version may have it: image prompts as (file bytes, weight) pairs."""
+
+    image_prompts: tuple[tuple[bytes, float], ...] = ()
+    negative_image: bytes | None = None
+
+
+def test_a_request_field_added_later_round_trips_without_journal_changes(tmp_path, monkeypatch):
+    import models.journal
+
+    monkeypatch.setattr(models.journal, "ImagineRequest", _LaterRequest)
+    req = _LaterRequest(
+        "x",
+        seed=3,
+        init_image=b"init",
+        image_prompts=((b"\x89PNG a", 1.5), (b"\xff\xd8 b", -0.5)),
+        negative_image=b"neg",
+    )
+    j = Journal(tmp_path / "j.sqlite3")
+    j.add("job", "u", req, {})
+    j.close()
+    j = Journal(tmp_path / "j.sqlite3")
+    try:
+        assert j.get("job").request == req
+    finally:
+        j.close()
