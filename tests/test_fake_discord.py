@@ -362,3 +362,160 @@ async def test_an_edit_keeps_exactly_the_attachments_it_lists(world: World):
     [message] = fake.channel_messages(world.channel)
     assert [(a.filename, a.data) for a in message.attachments] == [("2.txt", b"two"), ("3.txt", b"three")]
     assert message.edits == 1 and message.content == "two files"
+
+
+# -- what the real API refuses (bounds vendored in tests/fake_discord/limits.py) -------------------------
+def _embed(**over):
+    return {"title": "t", "description": "d", **over}
+
+
+def _button(custom_id: str) -> dict:
+    return {"type": 2, "style": 1, "label": "b", "custom_id": custom_id}
+
+
+@pytest.mark.parametrize(
+    "payload,where",
+    [
+        ({"content": "x" * 2001}, "content"),
+        ({"embeds": [_embed() for _ in range(11)]}, "embeds"),
+        ({"embeds": [_embed(title="x" * 257)]}, "embeds.0.title"),
+        ({"embeds": [_embed(description="x" * 4097)]}, "embeds.0.description"),
+        ({"embeds": [_embed(fields=[{"name": "n", "value": "v" * 1025}])]}, "embeds.0.fields.0.value"),
+        ({"embeds": [_embed(fields=[{"name": "n", "value": "v"}] * 26)]}, "embeds.0.fields"),
+        ({"embeds": [_embed(description="x" * 4000), _embed(description="y" * 2001)]}, "embeds"),
+        (
+            {"content": "c", "components": [{"type": 1, "components": [_button("b")]} for _ in range(6)]},
+            "components",
+        ),
+        (
+            {"content": "c", "components": [{"type": 1, "components": [_button(f"b{i}") for i in range(6)]}]},
+            "components.0.components",
+        ),
+        (
+            {"content": "c", "components": [{"type": 1, "components": [_button("x" * 101)]}]},
+            "components.0.components.0.custom_id",
+        ),
+    ],
+)
+async def test_what_discord_refuses_is_refused_with_its_code(world: World, payload, where):
+    route = discord.http.Route("POST", "/channels/{channel_id}/messages", channel_id=world.channel.id)
+    with pytest.raises(discord.HTTPException) as caught:
+        await world.bot.http.request(route, json=payload)
+    assert caught.value.status == 400 and caught.value.code == 50035
+    assert where in caught.value.text  # discord.py flattens the nested errors to "embeds.0.title: ..."
+    assert world.fake.channel_messages(world.channel) == []
+
+
+async def test_at_the_bounds_is_accepted(world: World):
+    route = discord.http.Route("POST", "/channels/{channel_id}/messages", channel_id=world.channel.id)
+    embeds = [_embed(title="x" * 256, description="y" * 4096, fields=[{"name": "n", "value": "v" * 1024}])]
+    await world.bot.http.request(route, json={"content": "z" * 2000, "embeds": embeds})
+    rows = [{"type": 1, "components": [_button(f"{r}-{i}") for i in range(5)]} for r in range(5)]
+    await world.bot.http.request(route, json={"content": "c", "components": rows})
+    assert len(world.fake.channel_messages(world.channel)) == 2
+
+
+@pytest.mark.parametrize("name", ["", "   ", "x" * 101])
+async def test_thread_names_out_of_bounds_are_refused(world: World, name):
+    channel = world.bot.get_channel(world.channel.id)
+    with pytest.raises(discord.HTTPException) as caught:
+        await channel.create_thread(name=name, type=discord.ChannelType.public_thread)
+    assert caught.value.code == 50035 and "name" in caught.value.text
+
+
+async def test_integer_option_bounds_above_2_53_fail_the_sync(world: World):
+    tree = world.bot.tree
+
+    @tree.command(description="seeded")
+    async def seeded(
+        interaction: discord.Interaction, seed: discord.app_commands.Range[int, 0, 2**53]
+    ) -> None:
+        pass
+
+    guild = discord.Object(world.guild.id)
+    tree.copy_global_to(guild=guild)
+    with pytest.raises(discord.HTTPException) as caught:
+        await tree.sync(guild=guild)
+    assert caught.value.code == 50035 and "max_value" in str(caught.value)
+    assert "seeded" not in {c["name"] for c in world.fake.commands[world.guild.id]}
+
+
+async def test_the_bots_channel_permissions_are_enforced(world: World):
+    from tests.fake_discord.models import ATTACH_FILES, CREATE_PUBLIC_THREADS, SEND_MESSAGES, VIEW_CHANNEL
+
+    fake, guild = world.fake, world.guild
+    bot_role = next(r for r in guild.roles if r.managed)
+    quiet = fake.add_channel(guild, "quiet", overwrites={bot_role: (0, SEND_MESSAGES | ATTACH_FILES)})
+    hidden = fake.add_channel(guild, "hidden", overwrites={bot_role: (0, VIEW_CHANNEL)})
+    nothreads = fake.add_channel(guild, "no-threads", overwrites={bot_role: (0, CREATE_PUBLIC_THREADS)})
+    await fake.wait_for(lambda: world.bot.get_channel(nothreads.id))
+    with pytest.raises(discord.Forbidden) as caught:
+        await world.bot.get_channel(quiet.id).send("hi")
+    assert caught.value.code == 50013
+    with pytest.raises(discord.Forbidden) as caught:
+        await world.bot.get_channel(hidden.id).send("hi")
+    assert caught.value.code == 50001
+    with pytest.raises(discord.Forbidden) as caught:
+        await world.bot.get_channel(nothreads.id).create_thread(
+            name="t", type=discord.ChannelType.public_thread
+        )
+    assert caught.value.code == 50013
+    sent = await world.bot.get_channel(world.channel.id).send("text")
+    fake.set_overwrite(world.channel, bot_role, 0, ATTACH_FILES)
+    with pytest.raises(discord.Forbidden):
+        await sent.edit(attachments=[discord.File(io.BytesIO(b"x"), "x.txt")])
+    await sent.edit(content="edited")  # editing its own message needs no Send Messages
+    assert fake.channel_messages(world.channel)[-1].content == "edited"
+
+
+async def test_dms_and_closed_dms(world: World):
+    fake, alice = world.fake, world.alice
+    bob = fake.add_member(world.guild, "bob")
+    user = await world.bot.fetch_user(alice.id)
+    await user.send("hello alice", file=discord.File(io.BytesIO(b"png"), "a.png"))
+    [dm] = fake.dm_messages(alice)
+    assert dm.content == "hello alice" and dm.attachments[0].data == b"png"
+    assert fake.viewers(dm) == {alice.id, fake.bot.id} and fake.dm_messages(bob) == []
+    fake.close_dms(bob)
+    with pytest.raises(discord.Forbidden) as caught:
+        await (await world.bot.fetch_user(bob.id)).send("hi")
+    assert caught.value.code == 50007
+
+
+async def test_who_sees_and_who_is_pinged(world: World):
+    from tests.fake_discord.models import MENTION_EVERYONE, VIEW_CHANNEL
+
+    fake, guild, alice = world.fake, world.guild, world.alice
+    bob = fake.add_member(guild, "bob")
+    carol = fake.add_member(guild, "carol")
+    fake.set_overwrite(world.channel, carol, 0, VIEW_CHANNEL)
+    channel = world.bot.get_channel(world.channel.id)
+    text = f"<@{bob.id}> <@{carol.id}> @everyone"
+    loud = await channel.send(text)
+    quiet = await channel.send(text, allowed_mentions=discord.AllowedMentions.none())
+    loud_m, quiet_m = fake.channel_messages(world.channel)
+    assert carol.id not in fake.viewers(loud_m) and {alice.id, bob.id} <= fake.viewers(loud_m)
+    assert fake.pinged(loud_m) == {bob.id}  # carol cannot see it; @everyone needs Mention Everyone
+    assert fake.pinged(quiet_m) == set()
+    assert fake.seen_by(carol, world.channel) == [] and fake.seen_by(bob, world.channel) == [loud_m, quiet_m]
+    bot_role = next(r for r in guild.roles if r.managed)
+    bot_role.permissions |= MENTION_EVERYONE
+    assert fake.pinged(loud_m) == {alice.id, bob.id} and fake.pinged(quiet_m) == set()
+    assert loud.id == loud_m.id and quiet.id == quiet_m.id
+    secret = await fake.invoke_slash("secret", user=alice, channel=world.channel)
+    reply = await secret.wait_original()
+    assert fake.viewers(reply) == {alice.id} and reply not in fake.seen_by(bob, world.channel)
+
+
+async def test_retrying_before_retry_after_is_caught(world: World):
+    fake = world.fake
+    fake.inject_429("POST", r"^/channels/\d+/messages$", count=1, retry_after=0.5)
+    session = world.bot.http._HTTPClient__session  # a client that ignores retry_after: raw aiohttp
+    url = fake.api_url + f"/channels/{world.channel.id}/messages"
+    headers = {"Authorization": f"Bot {fake.token}"}
+    async with session.post(url, json={"content": "a"}, headers=headers) as first:
+        assert first.status == 429
+    async with session.post(url, json={"content": "b"}, headers=headers) as second:
+        assert second.status == 200
+    assert fake.errors and "retry_after was 0.500" in fake.errors[0]
+    fake.errors.clear()

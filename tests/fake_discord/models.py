@@ -18,6 +18,7 @@ MANAGE_MESSAGES = 1 << 13
 EMBED_LINKS = 1 << 14
 ATTACH_FILES = 1 << 15
 READ_MESSAGE_HISTORY = 1 << 16
+MENTION_EVERYONE = 1 << 17
 USE_EXTERNAL_EMOJIS = 1 << 18
 CONNECT = 1 << 20
 SPEAK = 1 << 21
@@ -42,8 +43,16 @@ DEFAULT_PERMISSIONS = (
     | SEND_MESSAGES_IN_THREADS
 )
 
-# Channel types; the names are what `add_channel(type=...)` accepts.
-CHANNEL_TYPES = {"text": 0, "category": 4, "forum": 15, "thread": 11, "private_thread": 12, "forum_post": 11}
+# Channel types; the names are what `add_channel(type=...)` accepts ("dm" comes from open_dm).
+CHANNEL_TYPES = {
+    "dm": 1,
+    "text": 0,
+    "category": 4,
+    "forum": 15,
+    "thread": 11,
+    "private_thread": 12,
+    "forum_post": 11,
+}
 THREAD_TYPES = (10, 11, 12)
 
 # Message flags.
@@ -61,6 +70,7 @@ class User:
     id: int
     name: str
     bot: bool = False
+    dms_open: bool = True  # False: "allow direct messages from server members" is off (403 / 50007)
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -143,7 +153,7 @@ class Overwrite:
 @dataclass(eq=False)
 class Channel:
     id: int
-    guild: Guild
+    guild: Guild | None  # None for a DM channel
     name: str
     type: int
     position: int = 0
@@ -152,12 +162,27 @@ class Channel:
     owner_id: int | None = None  # threads: who started it
     created_at: str = ""
     messages: list[Message] = field(default_factory=list)  # oldest first, deleted ones included
+    recipient: User | None = None  # a DM channel's other user
 
     @property
     def is_thread(self) -> bool:
         return self.type in THREAD_TYPES
 
+    @property
+    def is_dm(self) -> bool:
+        return self.type == CHANNEL_TYPES["dm"]
+
     def payload(self) -> dict[str, Any]:
+        live = [m for m in self.messages if not m.deleted and m.visible_to is None]
+        if self.guild is None:
+            assert self.recipient is not None
+            return {
+                "id": str(self.id),
+                "type": self.type,
+                "last_message_id": str(live[-1].id) if live else None,
+                "recipients": [self.recipient.payload()],
+                "flags": 0,
+            }
         data: dict[str, Any] = {
             "id": str(self.id),
             "guild_id": str(self.guild.id),
@@ -169,7 +194,6 @@ class Channel:
             "rate_limit_per_user": 0,
             "flags": 0,
         }
-        live = [m for m in self.messages if not m.deleted and m.visible_to is None]
         data["last_message_id"] = str(live[-1].id) if live else None
         if self.is_thread:
             data.update(
@@ -284,6 +308,9 @@ class Message:
     reference: int | None = None  # the message this one replies to
     reactions: list[tuple[str, int]] = field(default_factory=list)  # (emoji, user id)
     deleted: bool = False
+    allowed_mentions: dict[str, Any] | None = (
+        None  # as the last create or edit sent it (None: Discord's default)
+    )
 
     @property
     def ephemeral(self) -> bool:
@@ -318,10 +345,11 @@ class Message:
         raise LookupError(f"no component {label_or_custom_id!r} on message {self.id}; it has {found}")
 
     def payload(self) -> dict[str, Any]:
+        guild = self.channel.guild
         data: dict[str, Any] = {
             "id": str(self.id),
             "channel_id": str(self.channel.id),
-            "guild_id": str(self.channel.guild.id),
+            **({"guild_id": str(guild.id)} if guild else {}),
             "author": self.author.payload(),
             "type": self.type,
             "content": self.content,
@@ -348,7 +376,7 @@ class Message:
                 "type": 0,
                 "message_id": str(self.reference),
                 "channel_id": str(self.channel.id),
-                "guild_id": str(self.channel.guild.id),
+                **({"guild_id": str(guild.id)} if guild else {}),
             }
         return data
 

@@ -33,6 +33,7 @@ class Injected429:
     count: int
     retry_after: float
     is_global: bool
+    last_at: float | None = None  # monotonic time of the last 429 this rule sent
 
 
 @dataclass
@@ -56,8 +57,22 @@ class RateLimiter:
         for rule in self.injected:
             if rule.count > 0 and rule.method == method and rule.pattern.search(path):
                 rule.count -= 1
+                rule.last_at = time.monotonic()
                 return rule
         return None
+
+    def too_early(self, method: str, path: str) -> tuple[float, float] | None:
+        """(waited, retry_after) when a request comes back sooner than an injected 429 told it to."""
+        now = time.monotonic()
+        for rule in self.injected:
+            if rule.last_at is not None and rule.method == method and rule.pattern.search(path):
+                waited = now - rule.last_at
+                if waited < rule.retry_after * 0.9:  # 10 % for timer jitter
+                    return waited, rule.retry_after
+        return None
+
+    def clear_injected(self) -> None:
+        self.injected.clear()
 
     @staticmethod
     def group(method: str, template: str) -> str:

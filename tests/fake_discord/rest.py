@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .limits import FormError, check_commands, check_thread_name
 from .models import (
     ATTACH_FILES,
     CHANNEL_TYPES,
@@ -20,13 +22,29 @@ from .models import (
     Guild,
     Message,
 )
-from .wire import APIError, Body, json_response, message_fields, no_content, read_body, require_content
+from .wire import (
+    APIError,
+    Body,
+    form_error,
+    json_response,
+    message_fields,
+    no_content,
+    read_body,
+    require_content,
+)
 
 if TYPE_CHECKING:
     from .server import FakeDiscord
 
 API = "/api/v10"
 _KEPT_FLAGS = (1 << 2) | (1 << 12)  # SUPPRESS_EMBEDS, SUPPRESS_NOTIFICATIONS: what a bot may set
+
+
+def _check(check: Callable[[Any], Any], value: Any) -> Any:
+    try:
+        return check(value)
+    except FormError as e:
+        raise form_error(e) from None
 
 
 def lookup_channel(fake: FakeDiscord, channel_id: str) -> Channel:
@@ -57,6 +75,7 @@ class RestRoutes:
         routes = [
             ("GET", API + "/users/@me", self.me),
             ("GET", API + "/users/{user_id}", self.user),
+            ("POST", API + "/users/@me/channels", self.open_dm),
             ("GET", API + "/oauth2/applications/@me", self.application),
             ("GET", API + "/applications/@me", self.application),
             ("GET", API + "/gateway", self.gateway),
@@ -100,6 +119,14 @@ class RestRoutes:
             raise APIError(404, 10013, "Unknown User")
         return json_response(user.payload())
 
+    async def open_dm(self, request: web.Request) -> web.Response:
+        """The DM channel with a user; opening it always works, sending may not (closed DMs)."""
+        recipient = (await request.json()).get("recipient_id")
+        user = self.state.users.get(int(recipient or 0))
+        if user is None:
+            raise APIError(400, 50035, "Invalid Form Body", {"recipient_id": {"_errors": []}})
+        return json_response(self.state.open_dm(user).payload())
+
     async def application(self, request: web.Request) -> web.Response:
         state = self.state
         return json_response(
@@ -138,11 +165,14 @@ class RestRoutes:
 
     async def put_commands(self, request: web.Request) -> web.Response:
         scope = self._scope(request)
-        return json_response(self.state.put_commands(scope, await request.json()))
+        commands = await request.json()
+        _check(check_commands, commands)
+        return json_response(self.state.put_commands(scope, commands))
 
     async def post_command(self, request: web.Request) -> web.Response:
         scope = self._scope(request)
         new = await request.json()
+        _check(check_commands, [new])
         others = [c for c in self.state.commands.get(scope, []) if c["name"] != new["name"]]
         stored = self.state.put_commands(scope, [*others, new])
         return json_response(stored[-1], 201)
@@ -179,6 +209,12 @@ class RestRoutes:
     # -- channels and messages ---------------------------------------------------------------------
 
     def _need(self, channel: Channel, permissions: int) -> None:
+        """The bot's permissions in a server channel; in a DM, whether the user accepts messages."""
+        if channel.guild is None:
+            recipient = channel.recipient
+            if recipient is None or recipient.bot or not recipient.dms_open:
+                raise APIError(403, 50007, "Cannot send messages to this user")
+            return
         have = self.state.permissions(self.state.bot_member(channel.guild), channel)
         if not have & VIEW_CHANNEL:
             raise APIError(403, 50001, "Missing Access")
@@ -249,6 +285,11 @@ class RestRoutes:
         body = await read_body(request, self.fake.attachment_size_limit)
         if message.author is not self.state.bot:
             raise APIError(403, 50005, "Cannot edit a message authored by another user")
+        # Editing one's own message needs no Send Messages; new files and embeds need their permissions.
+        needed = VIEW_CHANNEL | (ATTACH_FILES if body.files else 0)
+        needed |= EMBED_LINKS if body.payload.get("embeds") else 0
+        if channel.guild is not None:
+            self._need(channel, needed)
         fields = message_fields(self.state, channel, body, message.attachments)
         if "flags" in body.payload:
             fields["flags"] = (message.flags & ~_KEPT_FLAGS) | (int(body.payload["flags"] or 0) & _KEPT_FLAGS)
@@ -301,8 +342,10 @@ class RestRoutes:
         payload = body.payload
         is_forum = parent.type == CHANNEL_TYPES["forum"]
         kind = "forum_post" if is_forum else int(payload.get("type") or 12)
+        name = _check(check_thread_name, payload.get("name"))
         self._need(parent, SEND_MESSAGES if is_forum else CREATE_PUBLIC_THREADS)
-        thread = self.state.add_channel(parent.guild, payload["name"], kind, parent=parent)
+        assert parent.guild is not None
+        thread = self.state.add_channel(parent.guild, name, kind, parent=parent)
         data: dict[str, Any] = thread.payload()
         if is_forum:
             starter = Body(payload.get("message") or {}, body.files)
@@ -315,8 +358,9 @@ class RestRoutes:
     async def thread_from_message(self, request: web.Request) -> web.Response:
         parent = lookup_channel(self.fake, request.match_info["channel_id"])
         message = lookup_message(self.fake, parent, request.match_info["message_id"])
+        name = _check(check_thread_name, (await request.json()).get("name"))
         self._need(parent, CREATE_PUBLIC_THREADS)
-        name = (await request.json())["name"]
+        assert parent.guild is not None
         thread = self.state.add_channel(parent.guild, name, "thread", parent=parent, channel_id=message.id)
         return json_response(thread.payload(), 201)
 

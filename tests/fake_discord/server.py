@@ -188,6 +188,11 @@ class FakeDiscord:
             webhook = relative.startswith(("/webhooks/", "/interactions/"))
             if not webhook and request.headers.get("Authorization") != f"Bot {self.token}":
                 return json_response({"message": "401: Unauthorized", "code": 0}, 401)
+            if early := self.limiter.too_early(request.method, relative):
+                self.errors.append(
+                    f"{request.method} {relative}: retried {early[0]:.3f} s after a 429 "
+                    f"whose retry_after was {early[1]:.3f} s"
+                )
             if rule := self.limiter.take_injected(request.method, relative):
                 return too_many_requests(rule.retry_after, is_global=rule.is_global, headers={})
             resource = request.match_info.route.resource
@@ -231,8 +236,15 @@ class FakeDiscord:
         *,
         is_global: bool = False,
     ) -> None:
-        """Answer the next `count` requests matching (path below /api/v10, `re.search`) with a 429."""
+        """Answer the next `count` requests matching (path below /api/v10, `re.search`) with a 429.
+
+        A request that comes back sooner than `retry_after` after one of these 429s is a failure of the
+        client (recorded in `errors`): Discord would count it against the bot."""
         self.limiter.inject(method, path_regex, count, retry_after, is_global)
+
+    def end_429s(self) -> None:
+        """Stop every injected 429 storm."""
+        self.limiter.clear_injected()
 
     def count_requests(
         self, method: str | None = None, path_regex: str = "", status: int | None = None
@@ -386,11 +398,44 @@ class FakeDiscord:
         """Cut the gateway like a network fault; the bot reconnects at resume_gateway_url and RESUMEs."""
         await self.gateway.drop_connection(code)
 
+    def set_overwrite(self, channel: Channel, target: Role | Member, allow: Any = 0, deny: Any = 0) -> None:
+        """A server admin sets `target`'s (allow, deny) on `channel`; the bot gets CHANNEL_UPDATE."""
+        self.state.set_overwrite(channel, target, allow, deny)
+
+    def close_dms(self, member: Member | User) -> None:
+        """`member` turns off direct messages from server members: DMs to them get 403 / 50007."""
+        (member.user if isinstance(member, Member) else member).dms_open = False
+
     # -- what tests look at ------------------------------------------------------------------------
 
     def channel_messages(self, channel: Channel, *, as_user: Member | None = None) -> list[Message]:
-        """Oldest first, as `as_user` sees the channel (ephemeral messages only to their user)."""
+        """Oldest first, as `as_user` sees the channel (ephemeral messages only to their user; nothing if
+        they cannot view it); without `as_user`, every message that is not ephemeral to someone else."""
         return self.state.visible_messages(channel, as_user.id if as_user else None)
+
+    def seen_by(self, user: Member | User, channel: Channel) -> list[Message]:
+        """What `user` sees in `channel`, oldest first."""
+        return self.state.visible_messages(channel, user.id)
+
+    def dm_messages(self, user: Member | User) -> list[Message]:
+        """The bot's DMs to `user`, oldest first (empty if it never opened one)."""
+        channel = self.state.dms.get(user.id)
+        return self.state.visible_messages(channel, user.id) if channel else []
+
+    def viewers(self, message: Message) -> set[int]:
+        """The ids of everyone who can see `message`."""
+        return self.state.viewers(message)
+
+    def pinged(self, message: Message) -> set[int]:
+        """The ids of everyone `message` notifies (content mentions, allowed_mentions, who can see it)."""
+        return self.state.pinged(message)
+
+    def all_messages(self) -> list[Message]:
+        """Every live message the bot sent or received, in every channel and DM, oldest first."""
+        return sorted(
+            (m for ch in self.state.channels.values() for m in ch.messages if not m.deleted),
+            key=lambda m: m.id,
+        )
 
     async def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
         """Wait, without sleeping blindly, until `predicate()` is truthy; returns its value."""

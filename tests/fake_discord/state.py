@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -19,6 +20,7 @@ from .models import (
     CHANNEL_TYPES,
     DEFAULT_PERMISSIONS,
     DISCORD_EPOCH_MS,
+    MENTION_EVERYONE,
     VIEW_CHANNEL,
     Attachment,
     Channel,
@@ -60,6 +62,7 @@ class FakeState:
         self.by_token: dict[str, InteractionRecord] = {}
         self.commands: dict[int | None, list[dict[str, Any]]] = {}  # guild id (None: global) → synced tree
         self._command_ids: dict[tuple[int | None, int, str], int] = {}
+        self.dms: dict[int, Channel] = {}  # user id → the bot's DM channel with them
         self.emit: Emit = lambda event, data: None  # replaced by the gateway
         self._waiters: set[asyncio.Future[None]] = set()
 
@@ -209,6 +212,71 @@ class FakeState:
     def bot_member(self, guild: Guild) -> Member:
         return guild.members[self.bot.id]
 
+    def set_overwrite(self, channel: Channel, target: Role | Member, allow: Any = 0, deny: Any = 0) -> None:
+        """Replace `target`'s overwrite on `channel` (a server admin editing the channel)."""
+        kind = 1 if isinstance(target, Member) else 0
+        channel.overwrites = [o for o in channel.overwrites if o.id != target.id]
+        channel.overwrites.append(Overwrite(target.id, kind, permission_value(allow), permission_value(deny)))
+        self.emit("CHANNEL_UPDATE", channel.payload())
+        self.changed()
+
+    def open_dm(self, user: User) -> Channel:
+        """The bot's DM channel with `user` (one per user, as POST /users/@me/channels gives it)."""
+        if user.id not in self.dms:
+            channel = Channel(self.snowflake(), None, "", CHANNEL_TYPES["dm"], recipient=user)
+            self.dms[user.id] = self.channels[channel.id] = channel
+        return self.dms[user.id]
+
+    # -- who sees what, and who is pinged ------------------------------------------------------------
+
+    def can_see(self, user: User, message: Message) -> bool:
+        """Whether `user` sees `message`: ephemeral: its user; a DM: its two ends; else View Channel."""
+        if message.deleted:
+            return False
+        if message.visible_to is not None:
+            return message.visible_to == user.id
+        channel = message.channel
+        if channel.guild is None:
+            return user.id in (self.bot.id, channel.recipient.id if channel.recipient else None)
+        member = channel.guild.members.get(user.id)
+        return member is not None and bool(self.permissions(member, channel) & VIEW_CHANNEL)
+
+    def viewers(self, message: Message) -> set[int]:
+        """Every user (id) who can see `message`."""
+        return {uid for uid, user in self.users.items() if self.can_see(user, message)}
+
+    def pinged(self, message: Message) -> set[int]:
+        """Who `message` notifies, as Discord decides it from its content and allowed_mentions.
+
+        Without allowed_mentions Discord parses everything; @everyone/@here need the author's Mention
+        Everyone permission. Embeds never ping. Only people who can see the message are notified.
+        """
+        if message.author is not self.bot:
+            return set()
+        am = message.allowed_mentions
+        parse = {"users", "roles", "everyone"} if am is None else set(am.get("parse") or [])
+        users = {int(u) for u in (am or {}).get("users") or []}
+        roles = {int(r) for r in (am or {}).get("roles") or []}
+        content = message.content or ""
+        guild = message.channel.guild
+        out: set[int] = set()
+        for uid in map(int, re.findall(r"<@!?(\d+)>", content)):
+            if "users" in parse or uid in users:
+                out.add(uid)
+        if guild is not None:
+            for rid in map(int, re.findall(r"<@&(\d+)>", content)):
+                if "roles" in parse or rid in roles:
+                    out |= {m.id for m in guild.members.values() if any(r.id == rid for r in m.roles)}
+            bot_perms = self.permissions(self.bot_member(guild), message.channel)
+            if (
+                "everyone" in parse
+                and re.search(r"@(everyone|here)", content)
+                and bot_perms & MENTION_EVERYONE
+            ):
+                out |= set(guild.members)
+        out.discard(self.bot.id)
+        return {uid for uid in out if uid in self.users and self.can_see(self.users[uid], message)}
+
     # -- messages ----------------------------------------------------------------------------------
 
     def make_attachment(
@@ -255,7 +323,9 @@ class FakeState:
         for message in messages:
             message.deleted = True
         public = [str(m.id) for m in messages if m.visible_to is None]
-        base = {"channel_id": str(channel.id), "guild_id": str(channel.guild.id)}
+        base = {"channel_id": str(channel.id)}
+        if channel.guild is not None:
+            base["guild_id"] = str(channel.guild.id)
         if len(public) == 1:
             self.emit("MESSAGE_DELETE", {"id": public[0], **base})
         elif public:
@@ -265,13 +335,19 @@ class FakeState:
     def message_event(self, message: Message) -> dict[str, Any]:
         """A message as MESSAGE_CREATE/UPDATE carry it: with the author's guild membership."""
         data = message.payload()
-        member = message.channel.guild.members.get(message.author.id)
+        guild = message.channel.guild
+        member = guild.members.get(message.author.id) if guild else None
         if member is not None:
             data["member"] = member.payload(with_user=False)
         return data
 
     def visible_messages(self, channel: Channel, viewer: int | None = None) -> list[Message]:
-        """Oldest first, as `viewer` (a user id) sees the channel; ephemeral messages only to their user."""
+        """Oldest first, as `viewer` (a user id) sees the channel; ephemeral messages only to their user.
+
+        A viewer who cannot see the channel (no View Channel, or someone else's DM) sees nothing."""
+        if viewer is not None and viewer in self.users:
+            user = self.users[viewer]
+            return [m for m in channel.messages if self.can_see(user, m)]
         return [
             m for m in channel.messages if not m.deleted and (m.visible_to is None or m.visible_to == viewer)
         ]

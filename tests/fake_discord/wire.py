@@ -10,12 +10,11 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
+from .limits import MAX_FILES, FormError, check_message
 from .models import Attachment, Channel
 from .state import FakeState
 
 MAX_REQUEST_BYTES = 25 * 1024 * 1024  # Discord refuses larger requests
-MAX_FILES = 10  # per message
-MAX_CONTENT = 2000  # characters
 _FILE_FIELD = re.compile(r"^files\[(\d+)\]$")
 
 
@@ -45,6 +44,11 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 def no_content() -> web.Response:
     return web.Response(status=204)
+
+
+def form_error(error: FormError) -> APIError:
+    """Discord's 400 / 50035 with the offending field's path, as limits.FormError names it."""
+    return APIError(400, 50035, "Invalid Form Body", error.errors())
 
 
 def invalid_form(field_name: str, message: str) -> APIError:
@@ -94,7 +98,9 @@ async def read_body(request: web.Request, file_size_limit: int) -> Body:
                 content_type = mimetypes.guess_type(filename)[0] or content_type
             body.files[int(match.group(1))] = Upload(filename, bytes(data), content_type)
     if len(body.files) > MAX_FILES:
-        raise invalid_form("files", f"at most {MAX_FILES} files per message")
+        raise form_error(
+            FormError(("files",), "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_FILES} or fewer in length.")
+        )
     return body
 
 
@@ -107,12 +113,13 @@ def message_fields(
     `files[i]` part. Without it, uploaded files are added to `existing` (None on create).
     """
     payload = body.payload
-    fields: dict[str, Any] = {}
+    try:
+        check_message(payload)
+    except FormError as e:
+        raise form_error(e) from None
+    fields: dict[str, Any] = {"allowed_mentions": payload.get("allowed_mentions")}
     if "content" in payload:
-        content = payload["content"] or ""
-        if len(content) > MAX_CONTENT:
-            raise invalid_form("content", f"Must be {MAX_CONTENT} or fewer in length.")
-        fields["content"] = content
+        fields["content"] = payload["content"] or ""
     if "embeds" in payload:
         fields["embeds"] = payload["embeds"] or []
     elif payload.get("embed"):
