@@ -34,6 +34,7 @@ from iris.errors import (
     ServiceClosed,
     UserLimitReached,
     internal_error,
+    report_unexpected,
 )
 from iris.images import ImageLimits, load_image
 from iris.request import ImagineRequest
@@ -59,6 +60,7 @@ class _Job:
     oom_tries: int = 0
     reduced: list[str] = field(default_factory=list)
     last_position: int | None = None
+    journal_failed: bool = False  # a journal write failed (logged once)
 
 
 @dataclass(eq=False)
@@ -338,6 +340,7 @@ class InferenceManager:
                 if not short and job is None and self._queue:
                     start = self._current = self._queue.popleft()
                     self._publish_positions_locked()
+            target = start or job
             try:
                 if short:
                     self._run_short(short)
@@ -345,8 +348,13 @@ class InferenceManager:
                     self._start_job(start)
                 elif job is not None:
                     self._step_job(job)
-            except Exception:  # the worker must survive anything
-                log.exception("inference worker: unexpected error")
+            except Exception as e:  # the worker must survive anything, and never retry the same failure
+                if short or target is None:
+                    report_unexpected(log, e, "the inference worker")
+                else:
+                    self._end(
+                        target, Failed(self._user_error(e, f"job {target.id}")), JobState.FAILED, error=str(e)
+                    )
 
     def _run_waiting_short(self) -> None:
         """Between two slices of a step: run every short job that is waiting (on this same thread)."""
@@ -426,7 +434,7 @@ class InferenceManager:
         job.started_at = time.monotonic()
         if job.request.seed is None:  # a retry after out-of-memory keeps the same seed
             job.request = dataclasses.replace(job.request, seed=gen.seed)
-        self.journal.update(job.id, state=JobState.RUNNING, seed=gen.seed, step=0)
+        self._journal_quietly(job, state=JobState.RUNNING, seed=gen.seed, step=0)
         w, h = gen.size
         reduced = "; ".join(job.reduced) or None
         self._emit(job, Started(gen.seed, w, h, job.request.cutouts, reduced))
@@ -448,34 +456,55 @@ class InferenceManager:
             self._end(job, Failed(err), JobState.FAILED, error=err.message)
             return
         t0 = time.perf_counter()
+        out_of_memory = False
         try:
             loss = gen.step(between=self._run_waiting_short, slice_size=self.config.manager.step_slice)
         except torch.OutOfMemoryError:
-            self._retry_after_oom(job)
-            return
+            out_of_memory = True  # retried below, outside this block: the traceback pins the step's frames
         except Exception as e:
             self._end(job, Failed(self._user_error(e, f"job {job.id}")), JobState.FAILED, error=str(e))
+            return
+        if out_of_memory:
+            del gen  # our last reference to the failed attempt's tensors
+            self._retry_after_oom(job)
             return
         dt = time.perf_counter() - t0
         self._step_time = dt if self._step_time is None else 0.8 * self._step_time + 0.2 * dt
         every = self.config.imagine.preview_every
         preview = None
         if gen.steps_done % every == 0 and not gen.done:
-            preview = png_bytes(gen.preview())
-            self.journal.update(job.id, step=gen.steps_done)
+            try:
+                preview = png_bytes(gen.preview())
+            except Exception as e:  # the step still counts; only its picture is missing
+                report_unexpected(log, e, f"the preview of job {job.id}", level=logging.WARNING)
+            self._journal_quietly(job, step=gen.steps_done)
             with self._cv:
                 self._publish_positions_locked(force=True)
         remaining = (gen.total - gen.steps_done) * self._step_time
         self._emit(job, Progress(gen.steps_done, gen.total, loss, remaining, preview))
         if gen.done:
+            self._finish(job, gen)
+
+    def _finish(self, job: _Job, gen: Generation) -> None:
+        """After the last step: the final picture (any error ends the job now, as Failed), GENERATED."""
+        try:
             result = gen.result()
-            reduced = "; ".join(job.reduced) or None
-            done = Done(result.image, result.seed, result.steps, result.clip_score, reduced)
             png = png_bytes(result.image)
-            self._end(
-                job, done, JobState.GENERATED,
-                result_png=png, seed=result.seed, clip_score=result.clip_score, reduced=reduced,
-            )  # fmt: skip
+        except torch.OutOfMemoryError:
+            err: IrisError = OutOfMemory(
+                "the device ran out of memory while making the final picture; try a smaller size"
+            )
+            self._end(job, Failed(err), JobState.FAILED, error=err.message)
+            return
+        except Exception as e:
+            self._end(job, Failed(self._user_error(e, f"job {job.id}")), JobState.FAILED, error=str(e))
+            return
+        reduced = "; ".join(job.reduced) or None
+        done = Done(result.image, result.seed, result.steps, result.clip_score, reduced)
+        self._end(
+            job, done, JobState.GENERATED,
+            result_png=png, seed=result.seed, clip_score=result.clip_score, reduced=reduced,
+        )  # fmt: skip
 
     def _retry_after_oom(self, job: _Job) -> None:
         """Free memory, then retry with fewer cutouts, then with a smaller size; then fail."""
@@ -504,17 +533,30 @@ class InferenceManager:
         self._start_job(job)
 
     def _end(self, job: _Job, event: Event, state: JobState, error: str | None = None, **result: Any) -> None:
+        """Journal the job's last state, free the worker, tell the caller — the last two even when the
+        journal write fails (disk full): the caller always hears the end, and the worker moves on."""
         changes: dict[str, Any] = {"state": state, **result}
         if error is not None:
             changes["error"] = error
         if job.gen is not None:
             changes["step"] = job.gen.steps_done
-        self.journal.update(job.id, **changes)
-        with self._cv:
-            if self._current is job:
-                self._current = None
-            job.gen = None
-        self._emit(job, event)
+        try:
+            self._journal_quietly(job, **changes)
+        finally:
+            with self._cv:
+                if self._current is job:
+                    self._current = None
+                job.gen = None
+            self._emit(job, event)
+
+    def _journal_quietly(self, job: _Job, **changes: Any) -> None:
+        """A journal write that must not stop the job: a failure (disk full) is logged, once per job."""
+        try:
+            self.journal.update(job.id, **changes)
+        except Exception as e:
+            if not job.journal_failed:
+                report_unexpected(log, e, f"the journal write for job {job.id}")
+            job.journal_failed = True
 
     # -- plumbing ----------------------------------------------------------------------------------
     def _publish_positions_locked(self, force: bool = False) -> None:

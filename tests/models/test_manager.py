@@ -6,7 +6,10 @@ Synchronisation is by events (the step hook, job events), not by sleeping.
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -346,3 +349,105 @@ async def test_job_states_are_the_enum(tmp_path, shared_engine):
         gate.release.set()
         await running.result()
         await queued.result()
+
+
+async def test_an_error_making_the_final_picture_fails_the_job_at_once(tmp_path, shared_engine):
+    async with _manager(tmp_path, shared_engine, job_deadline_s=600) as m:
+        steps = []
+
+        def hook(gen):
+            steps.append(gen.steps_done)
+
+            def broken(stopped=False):
+                raise torch.OutOfMemoryError("CUDA out of memory while decoding")
+
+            gen.result = broken
+
+        m.step_hook = hook
+        h = m.imagine(req(steps=2), owner="a")
+        events = await asyncio.wait_for(collect(h), 20)
+        assert isinstance(events[-1], Failed) and isinstance(events[-1].error, OutOfMemory)
+        assert "final picture" in events[-1].error.message
+        assert steps == [0, 1]  # no step after the last one
+        assert m.journal.get(h.id).state == JobState.FAILED
+        m.step_hook = lambda gen: setattr(gen, "result", lambda stopped=False: 1 / 0)
+        h = m.imagine(req(steps=1), owner="a")
+        with pytest.raises(InternalError, match="error id"):
+            await asyncio.wait_for(h.result(), 20)
+
+
+async def test_a_broken_preview_still_reports_its_step(tmp_path, shared_engine, caplog):
+    async with _manager(tmp_path, shared_engine) as m:
+
+        def hook(gen):
+            def broken():
+                raise RuntimeError("preview exploded")
+
+            gen.preview = broken
+
+        m.step_hook = hook
+        h = m.imagine(req(steps=4), owner="a")
+        events = await asyncio.wait_for(collect(h), 20)
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert [p.step for p in progress] == [1, 2, 3, 4]  # step 2 (on the preview cadence) is there
+    assert all(p.preview_png is None for p in progress)
+    assert isinstance(events[-1], Done)
+    assert any("preview of job" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+async def test_a_failing_journal_write_at_the_end_neither_loses_the_result_nor_spins(
+    tmp_path, shared_engine, caplog
+):
+    async with _manager(tmp_path, shared_engine) as m:
+        real_update = m.journal.update
+
+        def disk_full(job_id, **changes):
+            if changes.get("state") in (JobState.GENERATED, JobState.FAILED):
+                raise sqlite3.OperationalError("database or disk is full")
+            real_update(job_id, **changes)
+
+        m.journal.update = disk_full
+        caplog.clear()
+        h = m.imagine(req(steps=2), owner="a")
+        done = await asyncio.wait_for(h.result(), 20)  # the caller still hears the end
+        assert isinstance(done, Done)
+        assert m._current is None
+        m.step_hook = lambda gen: 1 / 0  # a failing job whose FAILED write fails too
+        bad = m.imagine(req(steps=2), owner="a")
+        with pytest.raises(InternalError):
+            await asyncio.wait_for(bad.result(), 20)
+        m.step_hook = None
+        m.journal.update = real_update
+        assert isinstance(await asyncio.wait_for(m.imagine(req(steps=1), owner="a").result(), 20), Done)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) <= 3, f"{len(errors)} error records: the worker spun"
+
+
+async def test_out_of_memory_retry_runs_after_the_failed_step_is_released(tmp_path, shared_engine):
+    class Held:
+        """An object only the failing step's frame refers to."""
+
+    async with _manager(tmp_path, shared_engine) as m:
+        held: list[weakref.ref] = []
+        first_gen: list[weakref.ref] = []
+
+        def hook(gen):
+            if not held:
+                in_frame = Held()
+                held.append(weakref.ref(in_frame))
+                first_gen.append(weakref.ref(gen))
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+        seen_at_retry = []
+        real_new = m.engine.new_generation
+
+        def new_generation(request):
+            if held:  # the retry: is the failed attempt gone?
+                seen_at_retry.append((request.cutouts, held[0]() is None, first_gen[0]() is None))
+            return real_new(request)
+
+        m.engine.new_generation = new_generation
+        m.step_hook = hook
+        events = await asyncio.wait_for(collect(m.imagine(req(steps=2), owner="a")), 20)
+    assert isinstance(events[-1], Done) and events[-1].reduced == "cutouts 2 → 1"
+    assert seen_at_retry == [(1, True, True)]  # fewer cutouts; the failed step's frame and generation freed
