@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import sqlite3
+import subprocess
+import sys
 import typing
+from pathlib import Path
 
 import pytest
 
 from iris.request import ImagineRequest
-from models.journal import JobState, Journal
+from models.journal import JobState, Journal, JournalLocked
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -151,3 +157,40 @@ def test_a_request_field_added_later_round_trips_without_journal_changes(tmp_pat
         assert j.get("job").request == req
     finally:
         j.close()
+
+
+_HOLD = """
+import sys, time
+from models.journal import Journal
+held = Journal(sys.argv[1])
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_one_journal_one_owner_across_processes_and_kill_9(tmp_path):
+    path = tmp_path / "jobs.sqlite3"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(path)], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(JournalLocked) as refused:
+            Journal(path)
+        message = str(refused.value)
+        assert str(path) in message and "\n" not in message and "another" in message
+    finally:
+        holder.send_signal(signal.SIGKILL)  # no clean-up runs: the OS must drop the lock
+        holder.wait()
+    j = Journal(path)  # the dead owner's lock is gone
+    j.close()
+
+
+def test_the_lock_is_released_on_close(tmp_path):
+    path = tmp_path / "jobs.sqlite3"
+    first = Journal(path)
+    with pytest.raises(JournalLocked):
+        Journal(path)  # the same process, a second owner: refused too
+    first.close()
+    second = Journal(path)
+    second.close()

@@ -18,11 +18,19 @@ import torch
 import yaml
 
 from iris.config import parse_config
-from iris.errors import InternalError, JobCancelled, JobTimedOut, OutOfMemory, QueueFull, UserLimitReached
+from iris.errors import (
+    InternalError,
+    JobCancelled,
+    JobTimedOut,
+    OutOfMemory,
+    QueueFull,
+    ServiceClosed,
+    UserLimitReached,
+)
 from iris.request import ImagineRequest
 from models.engine import Engine
 from models.events import Cancelled, Done, Failed, Progress, Queued, Started
-from models.journal import JobState
+from models.journal import JobState, JournalLocked
 from models.manager import InferenceManager
 from models.toy import world
 
@@ -451,3 +459,17 @@ async def test_out_of_memory_retry_runs_after_the_failed_step_is_released(tmp_pa
         events = await asyncio.wait_for(collect(m.imagine(req(steps=2), owner="a")), 20)
     assert isinstance(events[-1], Done) and events[-1].reduced == "cutouts 2 → 1"
     assert seen_at_retry == [(1, True, True)]  # fewer cutouts; the failed step's frame and generation freed
+
+
+async def test_a_second_manager_on_the_same_journal_refuses_to_start(tmp_path, shared_engine):
+    async with _manager(tmp_path, shared_engine) as first:
+        h = first.imagine(req(steps=1), owner="a")
+        second = _manager(tmp_path, shared_engine)
+        with pytest.raises(JournalLocked, match=r"jobs\.sqlite3"):
+            await second.start()
+        with pytest.raises(ServiceClosed):
+            second.imagine(req(steps=1), owner="b")
+        await second.close()  # harmless after a refused start
+        await h.result()
+    async with _manager(tmp_path, shared_engine) as third:  # released on close
+        assert third.journal.get(h.id).state == JobState.GENERATED
