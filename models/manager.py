@@ -228,23 +228,38 @@ class InferenceManager:
 
         `max_queued_per_user` overrides the config's cap (per-server settings).
         """
+        return self._enqueue(
+            request, owner, meta, job_id, admit=True, max_queued_per_user=max_queued_per_user
+        )
+
+    def _enqueue(
+        self,
+        request: ImagineRequest,
+        owner: str,
+        meta: dict[str, str] | None,
+        job_id: str | None,
+        admit: bool,
+        max_queued_per_user: int | None = None,
+    ) -> JobHandle:
+        """Validate, apply the queue bound and per-user caps when `admit`, journal and queue the job."""
         if not self._accepting:
             raise ServiceClosed("the service is shutting down")
         im, mc = self.config.imagine, self.config.manager
         request = request.validated(im.max_steps, im.max_side, im.max_prompt_chars)
         job_id = job_id or uuid.uuid4().hex[:12]
         with self._cv:
-            active = sum(j.owner == owner for j in self._queue)
-            active += self._current is not None and self._current.owner == owner
-            if len(self._queue) >= mc.max_queue:
-                raise QueueFull(len(self._queue))
-            queued_cap = mc.max_queued_per_user if max_queued_per_user is None else max_queued_per_user
-            limit = queued_cap + mc.max_running_per_user
-            if active >= limit:
-                raise UserLimitReached(
-                    f"you already have {active} generation{'s' * (active > 1)} queued or running "
-                    f"(the limit is {limit}); wait for one to finish or cancel it"
-                )
+            if admit:
+                active = sum(j.owner == owner for j in self._queue)
+                active += self._current is not None and self._current.owner == owner
+                if len(self._queue) >= mc.max_queue:
+                    raise QueueFull(len(self._queue))
+                queued_cap = mc.max_queued_per_user if max_queued_per_user is None else max_queued_per_user
+                limit = queued_cap + mc.max_running_per_user
+                if active >= limit:
+                    raise UserLimitReached(
+                        f"you already have {active} generation{'s' * (active > 1)} queued or running "
+                        f"(the limit is {limit}); wait for one to finish or cancel it"
+                    )
             handle = JobHandle(self, job_id, owner, request)
             job = _Job(job_id, owner, request, handle)
             self.journal.add(job_id, owner, request, meta or {})
@@ -275,12 +290,20 @@ class InferenceManager:
         return self.journal.move(job_id, JobState.GENERATED, JobState.DELIVERED)
 
     def resubmit(self, entry: JournalEntry) -> JobHandle:
-        handle = self.imagine(entry.request, entry.owner, entry.meta, job_id=entry.id)
+        """Queue an unfinished job again under its id, with the seed it was started with (so a resumed
+        job makes the picture it would have made). The queue bound and per-user caps do not apply: the
+        job was admitted before the restart. Raises BadRequest (the request no longer fits the config's
+        limits) or ServiceClosed; the caller then discards it."""
+        request = entry.request
+        if entry.seed is not None:
+            request = dataclasses.replace(request, seed=entry.seed)
+        handle = self._enqueue(request, entry.owner, entry.meta, entry.id, admit=False)
         self._unfinished.pop(entry.id, None)
         return handle
 
-    def discard(self, entry: JournalEntry) -> None:
-        self.journal.update(entry.id, state=JobState.CANCELLED, error="discarded after a restart")
+    def discard(self, entry: JournalEntry, reason: str = "discarded after a restart") -> None:
+        """Give up an unfinished job (its place to report is gone): CANCELLED, with `reason` journaled."""
+        self.journal.update(entry.id, state=JobState.CANCELLED, error=reason)
         self._unfinished.pop(entry.id, None)
 
     def cancel(self, job_id: str) -> bool:

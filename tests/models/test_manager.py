@@ -473,3 +473,46 @@ async def test_a_second_manager_on_the_same_journal_refuses_to_start(tmp_path, s
         await h.result()
     async with _manager(tmp_path, shared_engine) as third:  # released on close
         assert third.journal.get(h.id).state == JobState.GENERATED
+
+
+async def _stop_mid_run(m: InferenceManager, gate: Gate) -> None:
+    """Shut down while the worker is inside a step: what is queued or running stays unfinished."""
+    await gate.wait_entered()
+    closing = asyncio.create_task(m.close())
+    await asyncio.sleep(0)
+    gate.release.set()
+    await closing
+
+
+async def test_a_resumed_job_keeps_the_seed_it_started_with(tmp_path, shared_engine):
+    m = _manager(tmp_path, shared_engine, close_grace_s=0.0)
+    await m.start()
+    gate = Gate()
+    m.step_hook = gate
+    h = m.imagine(req(steps=3, seed=None), owner="a")  # the engine draws the seed
+    await _stop_mid_run(m, gate)
+    [started] = [e for e in await collect(h) if isinstance(e, Started)]
+    async with _manager(tmp_path, shared_engine) as again:
+        [entry] = again.unfinished()
+        assert entry.seed == started.seed and entry.request.seed is None
+        resumed = again.resubmit(entry)
+        events = await collect(resumed)
+    assert [e.seed for e in events if isinstance(e, Started)] == [started.seed]
+    assert events[-1].seed == started.seed
+
+
+async def test_resubmit_ignores_the_queue_bound_and_user_caps(tmp_path, shared_engine):
+    m = _manager(tmp_path, shared_engine, close_grace_s=0.0)
+    await m.start()
+    gate = Gate()
+    m.step_hook = gate
+    ids = [m.imagine(req(steps=2, seed=i), owner="alice").id for i in range(3)]  # 1 running + 2 queued
+    await _stop_mid_run(m, gate)
+    async with _manager(tmp_path, shared_engine, max_queue=1, max_queued_per_user=0) as again:
+        entries = again.unfinished()
+        assert [e.id for e in entries] == ids
+        handles = [again.resubmit(e) for e in entries]  # admitted before the restart: all come back
+        with pytest.raises((QueueFull, UserLimitReached)):  # a new job still meets the bounds
+            again.imagine(req(steps=1), owner="alice")
+        for h in handles:
+            assert isinstance(await h.result(), Done)
