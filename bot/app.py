@@ -25,17 +25,27 @@ discord.VoiceClient.warn_dave = False
 
 class IrisBot(commands.Bot):
     def __init__(
-        self, config: Config, engine: Engine | None = None, sync_global: bool = False, **kwargs: Any
+        self,
+        config: Config,
+        engine: Engine | None = None,
+        sync_global: bool = False,
+        serve: bool = True,
+        **kwargs: Any,
     ) -> None:
+        """`serve`: False to only push the commands (`iris sync`): no inference manager, no journal."""
         intents = discord.Intents.default()
         intents.message_content = True  # /find reads attachments and embeds of past messages
+        # Prompts, labels and file names are echoed back: none of their @mentions may ping anyone.
+        kwargs.setdefault("allowed_mentions", discord.AllowedMentions.none())
         super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None, **kwargs)
         self.config = config
         self.manager = InferenceManager(config, engine)
         self.sync_global = sync_global
+        self.serve = serve
 
     async def setup_hook(self) -> None:
-        await self.manager.start()
+        if self.serve:
+            await self.manager.start()
         self.tree.on_error = on_tree_error  # type: ignore[method-assign]
         for ext in EXTENSIONS:
             await self.load_extension(ext)

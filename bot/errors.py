@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import uuid
 
 import discord
 from discord import app_commands
 
-from iris.errors import IrisError
+from bot.delivery import retrying
+from iris.errors import IrisError, report_unexpected
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,7 @@ def user_message(error: BaseException) -> str:
         return f"That value doesn't work for this option: {error.value!r}."
     if isinstance(error, app_commands.CheckFailure):
         return "You can't use this command here."
-    error_id = uuid.uuid4().hex[:8]
-    log.error("unexpected error %s", error_id, exc_info=error)
+    error_id = report_unexpected(log, error, "a command")
     return f"Sorry, something went wrong on our side (error id `{error_id}`)."
 
 
@@ -46,7 +45,7 @@ async def reply_error(interaction: discord.Interaction, error: BaseException) ->
             # A followup after a public "thinking…" would replace it publicly: remove it first.
             with contextlib.suppress(discord.HTTPException):
                 await interaction.delete_original_response()
-        await interaction.followup.send(text, ephemeral=True)
+        await retrying(lambda: interaction.followup.send(text, ephemeral=True))
     except discord.HTTPException:
         log.warning("could not tell the user about an error: %s", text)
 

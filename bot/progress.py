@@ -1,9 +1,13 @@
-"""The one message a generation shows: edited on a rate budget, moving to a channel message when needed.
+"""The one message a generation shows: edited on a rate budget; its final state always reaches someone.
 
 Discord allows about 5 edits per 5 s per channel; the budget (config) stays under it, and only the latest
-state is sent (intermediate previews are dropped, the final state never is). discord.py itself waits out a
-429's retry_after and retries. After the interaction token's 15 minutes (or on an "invalid webhook token"
-answer), the progress continues in a normal channel message.
+state is sent (intermediate previews are dropped). discord.py itself waits out a 429's retry_after and
+retries. After the interaction token's 15 minutes (or on an "invalid webhook token" answer), the progress
+continues in a normal channel message.
+
+The final state is not a progress edit: it is retried past rate limits (bot/delivery.py), then posted in
+the channel, then, for a picture, sent to the requester by DM; if the picture cannot be posted anywhere,
+the requester is told why by DM.
 """
 
 from __future__ import annotations
@@ -12,12 +16,15 @@ import asyncio
 import io
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import discord
 from asyncio_throttle import Throttler
 from PIL import Image
+
+from bot.delivery import TOKEN_GONE, retrying, why_not
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +42,22 @@ class View:
     filename: str = "preview.png"
     view: discord.ui.View | None = None
     final: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Delivery:
+    """Where a final state landed: "original", "message", "channel", "dm", or None (nowhere)."""
+
+    place: str | None
+    message: discord.Message | None = None
+    failures: list[tuple[str, BaseException]] = field(default_factory=list)  # (place, why) before it
+
+    @property
+    def landed(self) -> bool:
+        return self.place is not None
+
+
+Requester = Callable[[], Awaitable[discord.abc.Messageable]]  # opens a DM with the person who asked
 
 
 def fit_image(data: bytes, limit: int, filename: str) -> tuple[bytes, str]:
@@ -62,22 +84,22 @@ class ProgressMessage:
     def __init__(
         self,
         interaction: discord.Interaction | None,
-        channel: discord.abc.Messageable,
+        channel: discord.abc.Messageable | None,  # None: the channel is gone (a picture then goes by DM)
         edits_per_window: int,
         window_s: float,
         message: discord.Message | discord.PartialMessage | None = None,
-        on_move: Any = None,
+        requester: Requester | None = None,
     ) -> None:
         self.interaction = interaction
         self.channel = channel
         self.message = message
+        self.requester = requester
         self._throttle = Throttler(rate_limit=edits_per_window, period=window_s)
         self._latest: View | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.edits = 0
-        self._on_move = on_move  # async callback(message) when progress moves to a channel message
         self._size_limit = getattr(interaction, "attachment_size_limit", None) or 8 * 2**20
 
     def start(self) -> None:
@@ -89,24 +111,50 @@ class ProgressMessage:
         self._latest = view
         self._wake.set()
 
-    async def finish(self, view: View) -> None:
-        """Show the final state and stop (waits until it is sent)."""
+    async def finish(self, view: View, *, fallback: bool = True) -> Delivery:
+        """Stop the progress and deliver the final state (waits until it is sent or clearly cannot be).
+
+        `fallback`: when the message cannot be edited, post the state in the channel, and a picture by DM.
+        """
         view.final = True
-        self.show(view)
+        self._closed = True
+        self._latest = None
+        self._wake.set()
         if self._task is not None:
-            await self._task
+            await self._task  # an edit in flight ends first, so it cannot overwrite the final state
+        async with self._throttle:
+            return await self._deliver(view, fallback)
+
+    async def tell(self, text: str) -> bool:
+        """Tell the requester `text` privately: an ephemeral followup while the token lives, else a DM."""
+        try:
+            if self._token_alive():
+                assert self.interaction is not None
+                await retrying(lambda: self.interaction.followup.send(text, ephemeral=True))  # type: ignore[union-attr]
+                return True
+        except discord.HTTPException as e:
+            log.info("could not answer privately through the interaction: %s", e)
+        if self.requester is None:
+            return False
+        try:
+            dm = await self.requester()
+            await retrying(lambda: dm.send(text))
+            return True
+        except discord.HTTPException as e:
+            log.warning("could not tell the requester privately: %s", e)
+            return False
 
     async def _run(self) -> None:
-        while True:
+        while not self._closed:
             await self._wake.wait()
             self._wake.clear()
+            if self._closed:
+                return
             async with self._throttle:
                 view, self._latest = self._latest, None
-                if view is None:
+                if view is None or self._closed:
                     continue
                 await self._send(view)
-            if view.final:
-                return
 
     def _token_alive(self) -> bool:
         if self.interaction is None:
@@ -114,9 +162,10 @@ class ProgressMessage:
         age = time.time() - self.interaction.created_at.timestamp()
         return age < TOKEN_LIFE_S - TOKEN_MARGIN_S
 
-    async def _send(self, view: View) -> None:
+    def _payload(self, view: View) -> dict[str, Any]:
+        """Edit arguments for `view`, with fresh file objects (each send consumes them)."""
+        embed = view.embed.copy() if view.embed is not None else None
         files: list[discord.File] = []
-        embed = view.embed
         if view.image is not None:
             data, name = fit_image(view.image, self._size_limit, view.filename)
             files = [discord.File(io.BytesIO(data), filename=name)]
@@ -125,45 +174,91 @@ class ProgressMessage:
         kwargs: dict[str, Any] = {"content": view.content, "embed": embed, "attachments": files}
         if view.view is not None:
             kwargs["view"] = view.view
+        return kwargs
+
+    async def _send(self, view: View) -> None:
+        """One progress edit: dropped on failure (the next state replaces it)."""
         for attempt in range(2):
             try:
                 if self.message is None and self._token_alive():
                     assert self.interaction is not None
-                    await self.interaction.edit_original_response(**kwargs)
-                elif self.message is None:
-                    await self._move(kwargs, files)
-                else:
-                    await self.message.edit(**kwargs)
+                    await self.interaction.edit_original_response(**self._payload(view))
+                elif self.message is None and self.channel is not None:
+                    self.message = await self.channel.send(**_as_new(self._payload(view)))
+                elif self.message is not None:
+                    await self.message.edit(**self._payload(view))
                 self.edits += 1
                 return
             except discord.HTTPException as e:
-                if e.code in (50027, 10062, 10015) and self.message is None and attempt == 0:
+                if e.code in TOKEN_GONE and self.message is None and attempt == 0:
                     log.info("interaction token no longer usable; continuing in a channel message")
                     self.interaction = None
-                    files = _rewind(files)
-                    kwargs["attachments"] = files
                     continue
                 log.warning("progress edit failed: %s", e)
                 return
 
-    async def _move(self, kwargs: dict[str, Any], files: list[discord.File]) -> None:
-        """Post a normal channel message with the current state; later edits go to it."""
-        send = {k: v for k, v in kwargs.items() if k != "attachments"}
-        send["files"] = files
-        if send.get("view") is None:
-            send.pop("view", None)
-        self.message = await self.channel.send(**send)
-        if self._on_move is not None:
-            await self._on_move(self.message)
+    async def _deliver(self, view: View, fallback: bool) -> Delivery:
+        """The final state: edit the message, else post it in the channel, else DM a picture."""
+        places: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
+        if self.message is None and self._token_alive():
+            interaction = self.interaction
+            assert interaction is not None
+            places.append(("original", lambda: interaction.edit_original_response(**self._payload(view))))
+        elif self.message is not None:
+            message = self.message
+            places.append(("message", lambda: message.edit(**self._payload(view))))
+        channel = self.channel
+        if channel is not None and (fallback or not places):
+            places.append(("channel", lambda: channel.send(**_as_new(self._payload(view)))))
+        failures: list[tuple[str, BaseException]] = []
+        for place, send in places:
+            try:
+                sent = await retrying(send)
+            except discord.HTTPException as e:
+                log.warning("final message could not be sent (%s): %s", place, e)
+                failures.append((place, e))
+                continue
+            self.edits += 1
+            if isinstance(sent, discord.Message):
+                self.message = sent
+            return Delivery(place, sent if isinstance(sent, discord.Message) else None, failures)
+        if fallback and view.image is not None and self.requester is not None:
+            return await self._by_dm(view, failures)
+        return Delivery(None, None, failures)
+
+    async def _by_dm(self, view: View, failures: list[tuple[str, BaseException]]) -> Delivery:
+        """The picture by DM, saying why it is not where it was asked for; else at least the reason."""
+        assert self.requester is not None
+        reason = why_not(failures[-1][1]) if failures else "Discord refused it"
+        where = f"<#{getattr(self.channel, 'id', '')}>"
+        try:
+            dm = await self.requester()
+        except discord.HTTPException as e:
+            failures.append(("dm", e))
+            return Delivery(None, None, failures)
+        payload = _as_new(self._payload(view))
+        payload.pop("view", None)  # the buttons act on the channel message; in a DM they would mislead
+        payload["content"] = f"I couldn't post your picture in {where}: {reason}. Here it is."
+        try:
+            sent = await retrying(lambda: dm.send(**payload))
+            return Delivery("dm", sent, failures)
+        except discord.HTTPException as e:
+            failures.append(("dm", e))
+        try:
+            text = f"Your picture is made but I couldn't post it in {where} ({reason}) nor send it here."
+            await retrying(lambda: dm.send(text))
+        except discord.HTTPException as e:
+            log.warning("the requester could not be told where their picture is: %s", e)
+        return Delivery(None, None, failures)
 
 
-def _rewind(files: list[discord.File]) -> list[discord.File]:
-    out = []
-    for f in files:
-        fp = f.fp
-        fp.seek(0)
-        out.append(discord.File(io.BytesIO(fp.read()), filename=f.filename))
-    return out
+def _as_new(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Edit arguments → send arguments (files instead of the final attachment list)."""
+    send = {k: v for k, v in kwargs.items() if k != "attachments"}
+    send["files"] = kwargs.get("attachments") or []
+    if send.get("view") is None:
+        send.pop("view", None)
+    return send
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 import discord
@@ -13,7 +15,14 @@ import discord
 from iris.config import Config
 from iris.errors import IrisError
 
+if TYPE_CHECKING:
+    from bot.app import IrisBot
+
 log = logging.getLogger(__name__)
+
+# `docker stop` sends SIGTERM, then SIGKILL after 10 s: the graceful close (the manager's grace, then
+# the "Paused" messages) must end well inside that.
+STOP_TIMEOUT_S = 8.0
 
 
 class StartupError(IrisError):
@@ -44,8 +53,7 @@ async def run_bot(config: Config, token: str, sync_global: bool = False) -> None
     try:
         # Load the models before connecting: missing weights fail now, with their one-line message.
         await asyncio.to_thread(lambda: (bot.manager.engine.clip, bot.manager.engine.vqgan))
-        async with bot:
-            await bot.start(token)
+        await serve(bot, token)
     except discord.LoginFailure as e:
         raise StartupError(
             "Discord rejected the bot token (DISCORD_TOKEN); reset it in the developer portal"
@@ -59,17 +67,52 @@ async def run_bot(config: Config, token: str, sync_global: bool = False) -> None
         ) from e
 
 
-async def sync_only(config: Config, token: str, sync_global: bool) -> list[str]:
-    """Log in, push the command tree (globally and/or to the dev servers), log out."""
-    from bot.app import EXTENSIONS, IrisBot
+async def serve(bot: IrisBot, token: str) -> None:
+    """Run `bot` until it is closed; SIGTERM and SIGINT start a bounded graceful shutdown."""
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []  # a reference, so the shutdown task is not collected
 
-    bot = IrisBot(config, sync_global=sync_global)
+    def on_signal(signum: int) -> None:
+        if stopping:
+            return
+        log.info("%s: pausing jobs and closing (at most %.0f s)", signal.Signals(signum).name, STOP_TIMEOUT_S)
+        stopping.append(asyncio.create_task(shutdown(bot), name="iris-shutdown"))
+
+    installed = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(signum, on_signal, signum)
+            installed.append(signum)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no signals on this platform
+            pass
+    try:
+        async with bot:
+            await bot.start(token)
+        if stopping:
+            await stopping[0]
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+
+
+async def shutdown(bot: IrisBot, timeout: float = STOP_TIMEOUT_S) -> None:
+    """Close `bot` gracefully (jobs paused, their messages saying so), giving up after `timeout` s."""
+    try:
+        await asyncio.wait_for(bot.close(), timeout)
+    except TimeoutError:
+        log.warning("the graceful shutdown took over %.0f s; stopping now", timeout)
+
+
+async def sync_only(config: Config, token: str, sync_global: bool) -> list[str]:
+    """Log in, push the command tree (globally and/or to the dev servers), log out.
+
+    Logging in runs `setup_hook`, which loads the commands and syncs them; nothing else starts."""
+    from bot.app import IrisBot
+
+    bot = IrisBot(config, sync_global=sync_global, serve=False)
     try:
         async with bot:
             await bot.login(token)
-            for ext in EXTENSIONS:
-                await bot.load_extension(ext)
-            await bot.sync_commands()
             return [c.name for c in bot.tree.get_commands()]
     except discord.LoginFailure as e:
         raise StartupError(

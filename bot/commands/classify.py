@@ -9,9 +9,10 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.app import IrisBot
+from bot.delivery import retrying
 from bot.errors import reply_error
 from iris.errors import BadImage
-from iris.images import human_bytes
+from iris.images import ImageLimits, check_size, image_name
 from iris.labels import check_labels, parse_labels
 from models.clip import Prediction
 
@@ -66,16 +67,14 @@ class Classify(commands.Cog):
         labels: list[str],
         top_k: int | None,
     ) -> None:
-        limit = self.bot.config.images.max_bytes
-        if attachment.size > limit:
-            raise BadImage(
-                f"{attachment.filename} is too large: {human_bytes(attachment.size)} "
-                f"(the limit is {human_bytes(limit)})"
-            )
+        cfg = self.bot.config.images
+        check_size(
+            attachment.size, ImageLimits(cfg.max_bytes, cfg.max_pixels), image_name(attachment.filename)
+        )
         data = await attachment.read()
         preds = await self.bot.manager.classify(data, labels, top_k=top_k)
         embed = result_embed(preds, self.bot.config.discord.none_threshold, attachment.url)
-        await interaction.followup.send(embed=embed)
+        await retrying(lambda: interaction.followup.send(embed=embed))
 
     @app_commands.command(name="classify", description="Label an image with CLIP against labels you give")
     @app_commands.describe(

@@ -7,6 +7,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.app import IrisBot
+from bot.delivery import retrying
 
 
 def fmt_eta(seconds: float | None) -> str:
@@ -41,7 +42,7 @@ class Status(commands.Cog):
         embed.add_field(name="Models", value=", ".join(st.models) or "not loaded yet")
         step = f"{st.step_time_s * 1000:.0f} ms" if st.step_time_s else "not measured yet"
         embed.add_field(name="Recent step time", value=step)
-        await interaction.followup.send(embed=embed, ephemeral=True)
+        await retrying(lambda: interaction.followup.send(embed=embed, ephemeral=True))
 
 
 async def setup(bot: IrisBot) -> None:

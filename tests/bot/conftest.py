@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
 import zlib
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -90,3 +91,43 @@ def bomb() -> bytes:
         + chunk(b"IDAT", zlib.compress(b"\0" * 64))
         + chunk(b"IEND", b"")
     )
+
+
+class StepGate:
+    """Holds the generation worker before each step until the test allows more steps."""
+
+    def __init__(self, allowed: int = 0) -> None:
+        self.allowed = allowed
+        self.done = 0
+        self._cv = threading.Condition()
+
+    def __call__(self, gen) -> None:
+        with self._cv:
+            self._cv.wait_for(lambda: self.done < self.allowed, timeout=60)
+            self.done += 1
+
+    def allow(self, n: int = 10_000) -> None:
+        with self._cv:
+            self.allowed = self.done + n
+            self._cv.notify_all()
+
+
+def title(message) -> str:
+    return message.embeds[0].get("title", "") if message and message.embeds else ""
+
+
+def has_button(message, label: str) -> bool:
+    return bool(message) and any(c.get("label") == label for c in message.walk_components())
+
+
+def is_final(message) -> bool:
+    return bool(message and message.attachments and message.attachments[0].filename.startswith("iris-"))
+
+
+def posted_final(w):
+    """The first finished picture in the channel sent as a plain channel message (not through the token)."""
+    return next((m for m in w.fake.channel_messages(w.channel) if is_final(m) and m.webhook_id is None), None)
+
+
+async def final_of(fake, record, timeout=30.0):
+    return await fake.wait_for(lambda: record.original if is_final(record.original) else None, timeout)

@@ -8,53 +8,12 @@ from __future__ import annotations
 
 import io
 import re
-import threading
 
 import pytest
 from PIL import Image
 
 from models.toy import world
-from tests.bot.conftest import bomb, png
-
-
-class StepGate:
-    """Holds the generation worker before each step until the test allows more steps."""
-
-    def __init__(self, allowed: int = 0) -> None:
-        self.allowed = allowed
-        self.done = 0
-        self._cv = threading.Condition()
-
-    def __call__(self, gen) -> None:
-        with self._cv:
-            self._cv.wait_for(lambda: self.done < self.allowed, timeout=60)
-            self.done += 1
-
-    def allow(self, n: int = 10_000) -> None:
-        with self._cv:
-            self.allowed = self.done + n
-            self._cv.notify_all()
-
-
-def title(message) -> str:
-    return message.embeds[0].get("title", "") if message and message.embeds else ""
-
-
-def has_button(message, label: str) -> bool:
-    return bool(message) and any(c.get("label") == label for c in message.walk_components())
-
-
-def is_final(message) -> bool:
-    return bool(message and message.attachments and message.attachments[0].filename.startswith("iris-"))
-
-
-def posted_final(w):
-    """The first finished picture in the channel sent as a plain channel message (not through the token)."""
-    return next((m for m in w.fake.channel_messages(w.channel) if is_final(m) and m.webhook_id is None), None)
-
-
-async def final_of(fake, record, timeout=30.0):
-    return await fake.wait_for(lambda: record.original if is_final(record.original) else None, timeout)
+from tests.bot.conftest import StepGate, bomb, final_of, has_button, is_final, png, posted_final, title
 
 
 # -- /classify ---------------------------------------------------------------------------------------------
@@ -305,8 +264,8 @@ async def test_a_restart_pauses_then_resumes_the_generation(w):
         gate.allow()  # let the closing step finish
     assert title(rec.original).startswith("Paused")  # the last word was sent before the bot went away
     async with w.bot():
-        resumed = await w.fake.wait_for(lambda: posted_final(w), timeout=30)
-        assert "green square" in title(resumed)
+        resumed = await final_of(w.fake, rec)  # the old message shows the picture: no "Paused" left
+        assert "green square" in title(resumed) and not has_button(resumed, "Cancel")
 
 
 async def test_threads_forum_posts_and_a_thread_per_job(w):
