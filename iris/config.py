@@ -129,8 +129,10 @@ class ManagerConfig:
     drain_on_close: bool = (
         False  # on shutdown, run queued jobs within the grace (else keep them for next start)
     )
-    preload: bool = False  # load the models at start-up instead of on first use
     journal_path: str = "iris-jobs.sqlite3"  # SQLite journal of generation jobs (survives restarts)
+    retention_days: Annotated[float, Range(ge=0)] = (
+        30.0  # days a finished job (with its pictures and init image) stays in the journal; 0: forever
+    )
 
 
 @dataclass(frozen=True)

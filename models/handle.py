@@ -65,10 +65,6 @@ class JobHandle:
         """The Done event; raises the job's error if it failed or was cancelled."""
         return await asyncio.shield(self._future)
 
-    @property
-    def finished(self) -> bool:
-        return self._future.done()
-
     def _publish(self, event: Event) -> None:
         self.last_event = event
         self._events.put_nowait(event)

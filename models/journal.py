@@ -175,6 +175,16 @@ class Journal:
         """Jobs that were queued or running when the service stopped, oldest first."""
         return self.in_states(*UNFINISHED)
 
+    def prune(self, before: float) -> int:
+        """Delete jobs that are over (delivered, failed, cancelled, or generated and never delivered)
+        and last changed before `before` (Unix time), with their blobs; how many were deleted."""
+        over = (*FINISHED, JobState.GENERATED)
+        marks = ",".join("?" * len(over))
+        old = f"SELECT id FROM jobs WHERE state IN ({marks}) AND updated < ?"
+        with self._lock, transaction(self._db):
+            self._db.execute(f"DELETE FROM blobs WHERE job IN ({old})", (*over, before))
+            return self._db.execute(f"DELETE FROM jobs WHERE id IN ({old})", (*over, before)).rowcount
+
     def _entry(self, row: tuple[Any, ...]) -> JournalEntry:
         (job_id, owner, request, legacy_init, meta, state, step, total, seed, error, created, updated,
          result_png, clip_score, reduced) = row  # fmt: skip

@@ -47,6 +47,8 @@ from models.journal import JobState, Journal, JournalEntry
 
 log = logging.getLogger(__name__)
 
+PRUNE_EVERY_S = 3600.0  # journal retention runs at start, then at most this often
+
 
 @dataclass(eq=False)
 class _Job:
@@ -65,7 +67,7 @@ class _Job:
 
 @dataclass(eq=False)
 class _ShortJob:
-    kind: str  # "classify" | "images" | "text" | "load"
+    kind: str  # "classify" | "images" | "text" | "model_id"
     future: asyncio.Future[Any]
     images: list[Image.Image] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
@@ -93,6 +95,8 @@ class InferenceManager:
         self._step_time: float | None = None
         self._unfinished: dict[str, JournalEntry] = {}
         self._undelivered: dict[str, JournalEntry] = {}
+        self.clock: Callable[[], float] = time.time  # Unix time for retention (tests move it)
+        self._next_prune = 0.0  # clock() time of the next journal retention pass
         self.forward_batches = 0  # short-job batches run (each one image forward pass at most)
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -114,13 +118,12 @@ class InferenceManager:
         """Open the journal (JournalLocked if another manager owns it) and start the worker."""
         self._loop = asyncio.get_running_loop()
         self._journal = Journal(self.config.manager.journal_path)
+        self._prune_if_due()  # first: a job past retention is not offered back
         self._unfinished = {e.id: e for e in self._journal.unfinished()}
         self._undelivered = {e.id: e for e in self._journal.in_states(JobState.GENERATED)}
         self._accepting = True
         self._thread = threading.Thread(target=self._worker, name="iris-inference", daemon=True)
         self._thread.start()
-        if self.config.manager.preload:
-            await self._submit(_ShortJob("load", self._loop.create_future()))
 
     async def close(self, grace_s: float | None = None) -> None:
         """Stop taking jobs; drain or cancel what is left within the grace period; stop the worker."""
@@ -310,14 +313,6 @@ class InferenceManager:
         """Cancel a queued or running job by id (e.g. from a button after a restart of the bot)."""
         return self._cancel(job_id)
 
-    def handle(self, job_id: str) -> JobHandle | None:
-        """The live handle of a queued or running job."""
-        with self._cv:
-            for job in (self._current, *self._queue):
-                if job is not None and job.id == job_id:
-                    return job.handle
-        return None
-
     def _cancel(self, job_id: str) -> bool:
         with self._cv:
             for job in self._queue:
@@ -378,6 +373,22 @@ class InferenceManager:
                     self._end(
                         target, Failed(self._user_error(e, f"job {target.id}")), JobState.FAILED, error=str(e)
                     )
+            self._prune_if_due()
+
+    def _prune_if_due(self) -> None:
+        """Retention: delete jobs over for `manager.retention_days`, at start and then at most hourly."""
+        days = self.config.manager.retention_days
+        now = self.clock()
+        if days <= 0 or now < self._next_prune:
+            return
+        self._next_prune = now + PRUNE_EVERY_S
+        try:
+            deleted = self.journal.prune(now - days * 86400)
+        except Exception as e:  # retention can wait for the next pass; jobs must not
+            report_unexpected(log, e, "the journal retention pass")
+            return
+        if deleted:
+            log.info("journal: deleted %d jobs finished more than %g days ago", deleted, days)
 
     def _run_waiting_short(self) -> None:
         """Between two slices of a step: run every short job that is waiting (on this same thread)."""
@@ -437,10 +448,7 @@ class InferenceManager:
             for j, v in zip(texts, vecs, strict=True):
                 self._resolve(j.future, v)
         for j in batch:
-            if j.kind == "load":
-                _ = self.engine.vqgan
-                self._resolve(j.future, None)
-            elif j.kind == "model_id":
+            if j.kind == "model_id":
                 self._resolve(j.future, clip.name)
 
     def _start_job(self, job: _Job) -> None:

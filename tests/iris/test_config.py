@@ -50,6 +50,8 @@ def test_defaults_equal_shipped_file_where_it_is_silent():
         ({"discord": {"none_threshold": 1.5}}, "none_threshold must be at most 1"),
         ({"imagine": {"lr": float("nan")}}, "finite"),
         ({"manager": {"job_deadline_s": 0}}, "job_deadline_s must be positive"),
+        ({"manager": {"preload": True}}, "unknown config key 'manager.preload'"),  # run always preloads
+        ({"manager": {"retention_days": -1}}, "retention_days must be at least 0"),
     ],
 )
 def test_bad_config_names_the_key(data, match):

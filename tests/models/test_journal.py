@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 import typing
 from pathlib import Path
 
@@ -194,3 +195,25 @@ def test_the_lock_is_released_on_close(tmp_path):
     first.close()
     second = Journal(path)
     second.close()
+
+
+def test_prune_deletes_old_finished_jobs_with_their_blobs(journal):
+    for job_id, state in [
+        ("delivered", JobState.DELIVERED),
+        ("failed", JobState.FAILED),
+        ("cancelled", JobState.CANCELLED),
+        ("generated", JobState.GENERATED),  # made but never delivered: goes too, once old
+        ("queued", JobState.QUEUED),
+        ("running", JobState.RUNNING),
+    ]:
+        journal.add(job_id, "u", ImagineRequest("x", init_image=b"I" * 1000), {})
+        journal.update(job_id, state=state)
+    journal.add("recent", "u", ImagineRequest("x", init_image=b"R"), {})
+    journal.update("recent", state=JobState.DELIVERED)
+    # all but "recent" were last changed 40 days ago
+    journal._db.execute("UPDATE jobs SET updated = updated - 40 * 86400 WHERE id != 'recent'")
+    assert journal.prune(time.time() - 30 * 86400) == 4
+    left = {r[0] for r in journal._db.execute("SELECT id FROM jobs")}
+    assert left == {"queued", "running", "recent"}  # unfinished work is never pruned
+    blob_jobs = {r[0] for r in journal._db.execute("SELECT job FROM blobs")}
+    assert blob_jobs == left  # the init images went with their jobs

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
+import time
 import weakref
 from pathlib import Path
 
@@ -113,7 +114,7 @@ async def test_classify_interleaves_with_a_long_generation(tmp_path, shared_engi
         after = len(steps)
         assert preds[0].label == "green triangle"
         assert after - before <= 1, f"classify waited {after - before} steps"
-        assert not long.finished
+        assert not isinstance(long.last_event, Done | Failed | Cancelled)
         assert long.cancel()
         with pytest.raises(JobCancelled):
             await long.result()
@@ -516,3 +517,33 @@ async def test_resubmit_ignores_the_queue_bound_and_user_caps(tmp_path, shared_e
             again.imagine(req(steps=1), owner="alice")
         for h in handles:
             assert isinstance(await h.result(), Done)
+
+
+async def test_retention_at_start_then_at_most_hourly(tmp_path, shared_engine):
+    day = 86400.0
+    async with _manager(tmp_path, shared_engine, retention_days=0) as m:  # 0: keep forever
+        old = await m.imagine(req(steps=1), owner="a").result()
+        old_id = m.journal.in_states(JobState.GENERATED)[0].id
+        assert m.mark_delivered(old_id) and old.seed == 1
+        m.clock = lambda: time.time() + 1000 * day
+        await m.embed_text("x")  # a worker pass: retention is off, nothing goes
+        assert m.journal.get(old_id) is not None
+
+    now = [time.time() + 31 * day]
+    m = _manager(tmp_path, shared_engine, retention_days=30)
+    m.clock = lambda: now[0]
+    async with m:
+        assert m.journal.get(old_id) is None  # pruned at start
+        h = m.imagine(req(steps=1), owner="a")
+        await h.result()
+        m.mark_delivered(h.id)
+        # the new job is made old, but the last pass (at start) was less than an hour ago...
+        m.journal._db.execute("UPDATE jobs SET updated = updated - 62 * 86400")
+        now[0] += 1800
+        await m.embed_text("x")
+        await m.embed_text("y")  # the pass after "x" has run
+        assert m.journal.get(h.id) is not None
+        now[0] += 1801  # ...an hour later the next worker pass deletes it
+        await m.embed_text("x")
+        await m.embed_text("y")  # the pass runs after the short job: wait for the next one
+        assert m.journal.get(h.id) is None
