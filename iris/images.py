@@ -11,7 +11,6 @@ import io
 import logging
 import os
 import struct
-import warnings
 import zlib
 from dataclasses import dataclass
 
@@ -119,36 +118,26 @@ def load_image(
         hint = " (it looks like a web page)" if data.lstrip()[:1] == b"<" else ""
         raise BadImage(f"{who} is not a PNG, JPEG, GIF, WebP, BMP or TIFF image{hint}.")
 
-    # Pillow warns past its MAX_IMAGE_PIXELS and raises past twice that, whatever our limits; that warning is
-    # made an error here, and its complaints about damaged files go to the debug log, not stderr. Our own
-    # limit is checked on the header, before a single pixel is decoded, and does not depend on the filters
-    # (catch_warnings is not thread-safe).
-    caught: list[warnings.WarningMessage] = []
+    # Our pixel limit, and Pillow's own (MAX_IMAGE_PIXELS: it warns past it and refuses past twice that),
+    # are checked on the header, before a single pixel is decoded, so Pillow never has a bomb to warn about.
+    # No warnings.catch_warnings here: it swaps process-wide state and is not thread-safe (decodes run on
+    # several threads), so a plugin's complaint about a damaged file takes Python's usual warning path.
+    size = _header_size(data, fmt)
+    if size is None:
+        raise BadImage(f"{who} is damaged or incomplete and could not be read.")
+    _check_pixels(size, min(limits.max_pixels, Image.MAX_IMAGE_PIXELS or limits.max_pixels), who)
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[fmt]]) as im:
-                _check_pixels(im.size, limits.max_pixels, who)
-                im.load()  # the first frame only: an animation's later frames are never decoded
-                return _to_rgb(ImageOps.exif_transpose(im))
-    except BadImage:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        limit = min(limits.max_pixels, Image.MAX_IMAGE_PIXELS or limits.max_pixels)
-        size = _header_size(data, fmt)
-        if size is not None:
-            _check_pixels(size, limit, who)
-        raise BadImage(f"{who} is too large: over {limit:,} pixels.") from None
+        with Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[fmt]]) as im:
+            im.load()  # the first frame only: an animation's later frames are never decoded
+            return _to_rgb(ImageOps.exif_transpose(im))
+    except Image.DecompressionBombError:  # a header that changed its mind between two reads
+        raise BadImage(f"{who} is too large: over {limits.max_pixels:,} pixels.") from None
     except _DECODE_ERRORS as e:
         log.debug("cannot decode %s (%s): %r", who, fmt, e)
         raise BadImage(f"{who} is damaged or incomplete and could not be read.") from None
     except Exception:
         log.warning("unexpected error decoding %s (%s)", who, fmt, exc_info=True)
         raise BadImage(f"{who} could not be read as an image.") from None
-    finally:
-        for w in caught:
-            log.debug("decoding %s: %s", who, w.message)
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -168,11 +157,14 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
 
 def _header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
-    """Width and height from the header alone, by Pillow's plugin but without Pillow's bomb check."""
+    """Width and height from the header alone, by Pillow's plugin but without Pillow's bomb check;
+    None when the header cannot be read."""
+    Image.init()  # registers every plugin once (TIFF and WebP are not in Pillow's first batch)
     try:
         factory, _accept = Image.OPEN[_PIL_FORMATS[fmt]]
         size: tuple[int, int] = factory(io.BytesIO(data), "").size
-    except Exception:
+    except Exception as e:
+        log.debug("cannot read the header of a %s image: %r", fmt, e)
         return None
     return size
 

@@ -286,3 +286,32 @@ def test_sniff_rejects_lookalikes(data: bytes) -> None:
 def test_image_sha256() -> None:
     assert image_sha256(b"abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     assert image_sha256(b"abc") == hashlib.sha256(b"abc").hexdigest()
+
+
+def test_parallel_decodes_leave_the_warnings_machinery_alone() -> None:
+    """catch_warnings is process-wide: used from several threads at once, one thread's exit can restore
+    another's recording state, so later warnings vanish into a list forever. Decoding must not touch it."""
+    import threading
+
+    data = encode(noise((192, 192)), "PNG")
+    filters = list(warnings.filters)
+    show = (warnings.showwarning, warnings._showwarnmsg_impl)  # type: ignore[attr-defined]
+    start = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def decode_many() -> None:
+        start.wait()
+        try:
+            for _ in range(40):
+                assert load_image(data).size == (192, 192)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=decode_many) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert warnings.filters == filters
+    assert (warnings.showwarning, warnings._showwarnmsg_impl) == show  # type: ignore[attr-defined]
