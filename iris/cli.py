@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from iris import __version__
 from iris.config import Config, load_config
-from iris.errors import BadRequest, IrisError, report_unexpected
+from iris.errors import BadFile, BadRequest, IrisError, report_unexpected
 from iris.labels import parse_labels
 
 if TYPE_CHECKING:
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("iris")
 
 DEFAULT_CONFIG = "config.yaml"
+MAX_FIND_K = 1000  # hits `iris find` lists at most
+MIN_LR = 1e-6  # smaller learning rates round every update away in float32
+MAX_LR = 10.0  # as ImagineRequest.validated allows
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -46,6 +50,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from iris.images import ImageLimits, load_image
 
     labels = parse_labels(args.labels) if args.labels is not None else list(cfg.classify.default_labels)
+    if args.top_k is not None:
+        _check_range("--top-k", args.top_k, 1, cfg.classify.max_labels)
     limits = ImageLimits(cfg.images.max_bytes, cfg.images.max_pixels)
     images = [load_image(p, limits, name=p) for p in args.images]  # fail before loading any model
     engine = _engine(cfg)
@@ -78,8 +84,7 @@ def cmd_find(args: argparse.Namespace) -> int:
         raise BadRequest(f"not a folder: {folder}")
     if not args.query.strip():
         raise BadRequest("the query is empty")
-    if args.k < 1:
-        raise BadRequest("-k must be at least 1")
+    _check_range("-k", args.k, 1, MAX_FIND_K)
     engine = _engine(cfg)
     clip = engine.clip
     with ImageIndex(args.index or cfg.index.path) as index:
@@ -149,17 +154,20 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 def cmd_imagine(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    from iris.images import ImageLimits, load_image
+    from iris.images import ImageLimits, load_image, read_image_bytes
 
     width, height = _parse_size(args.size) if args.size else (None, None)
+    if args.lr is not None:
+        _check_range("--lr (the learning rate)", args.lr, MIN_LR, MAX_LR)
+    if args.preview_every is not None:
+        _check_range("--preview-every", args.preview_every, 1, cfg.imagine.max_steps)
     init = None
     if args.init:
-        init_path = Path(args.init)
-        load_image(init_path, ImageLimits(cfg.images.max_bytes, cfg.images.max_pixels), name=args.init)
-        init = init_path.read_bytes()
+        limits = ImageLimits(cfg.images.max_bytes, cfg.images.max_pixels)
+        init = read_image_bytes(args.init, limits, name=args.init)  # read once: what is checked is used
+        load_image(init, limits, name=args.init)
     out = Path(args.output)
-    if out.parent and not out.parent.is_dir():
-        raise BadRequest(f"the output folder does not exist: {out.parent}")
+    check_output(out)  # before any model loads
     engine = _engine(cfg)
     request = engine.request(
         args.prompt,
@@ -208,10 +216,53 @@ def cmd_imagine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tmp_name(out: Path) -> Path:
+    return out.with_name(f".{out.name}.{os.getpid()}.tmp")
+
+
+def check_output(out: Path) -> None:
+    """Refuse, before any work, an output path that is not a .png file Iris can create or replace.
+
+    Only a regular file (or nothing) is ever replaced: a folder, a FIFO or a device stays as it is.
+    """
+    if out.suffix.lower() != ".png":
+        raise BadFile(f"the output must be a .png file (Iris writes PNG), got {str(out)!r}")
+    try:
+        st = os.stat(out)  # follows links: a link to /dev/full is a device
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise BadFile(f"cannot use the output {out}: {e.strerror or e}") from None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise BadFile(f"the output {out} is a folder; name a .png file")
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise BadFile(f"the output {out} is not a regular file (a pipe or a device?); name a .png file")
+    folder = out.parent
+    if not folder.is_dir():
+        raise BadFile(f"the output folder does not exist: {folder}")
+    probe = _tmp_name(out)
+    try:  # the one sure test of "can I write here" (permission bits do not bind root; read-only mounts)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        os.unlink(probe)
+    except OSError as e:
+        raise BadFile(f"cannot write to the folder {folder}: {e.strerror or e}") from None
+
+
 def _save_atomic(image: Any, out: Path) -> None:
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, out)
+    """Write the PNG next to `out`, then rename it over: a reader never sees half a file."""
+    tmp = _tmp_name(out)
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise BadFile(f"cannot write {out}: {e.strerror or e}") from None
+
+
+def _check_range(option: str, value: float, lo: float, hi: float) -> None:
+    """Numbers Python takes but float32 or the engine do not (1e40, nan, 10**30): one clear line."""
+    if not lo <= value <= hi:  # nan fails both comparisons
+        raise BadRequest(f"{option} must be between {lo:g} and {hi:g}, got {value:g}")
 
 
 def cmd_download(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ import dataclasses
 import math
 import os
 import re
+import stat
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from typing import Annotated, Any, TypeVar
 import yaml
 
 from iris.errors import ConfigError
+
+MAX_CONFIG_BYTES = 2**20  # a config file is a few KiB; more is the wrong file
 
 T = TypeVar("T")
 
@@ -298,11 +301,23 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         return parse_config({})
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the start
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # /dev/zero never ends, a FIFO may never start
+                raise ConfigError(f"the config {p} is not a regular file (a pipe or a device?)")
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError as e:
         raise ConfigError(f"config file not found: {p}") from e
+    except IsADirectoryError as e:
+        raise ConfigError(f"the config {p} is a folder, not a file") from e
     except OSError as e:
         raise ConfigError(f"cannot read config file {p}: {e.strerror}") from e
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"the config {p} is over {MAX_CONFIG_BYTES // 2**20} MiB: not a config file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"the config {p} is not UTF-8 text") from e
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -29,6 +29,11 @@ class BadRequest(IrisError):
     """A request's parameters are unusable (empty label list, prompt too long, size out of range...)."""
 
 
+class BadFile(IrisError):
+    """A file or folder the operator named (on the command line or in the config) cannot be used for what
+    it is named for: missing, a folder, a pipe or a device, unwritable, or not the kind of file expected."""
+
+
 class ConfigError(IrisError):
     """config.yaml (or a profile) is invalid."""
 

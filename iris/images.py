@@ -10,6 +10,7 @@ import hashlib
 import io
 import logging
 import os
+import stat
 import struct
 import zlib
 from dataclasses import dataclass
@@ -81,13 +82,20 @@ def read_image_bytes(
     """
     who = image_name(name if name is not None else os.fspath(path))
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            # Read one byte past the limit: a pipe or a device has no trustworthy size.
+        # Non-blocking: opening a FIFO for reading would otherwise wait for a writer, forever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with open(fd, "rb") as f:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise BadImage(f"{who} is a folder, not an image.")
+            if not stat.S_ISREG(st.st_mode):  # a FIFO, /dev/zero, a socket...: no end, or no size
+                raise BadImage(f"{who} is not a regular file (a pipe or a device?), not an image.")
+            size = st.st_size
+            # Read one byte past the limit: the file may have grown since fstat.
             data = b"" if size > limits.max_bytes else f.read(limits.max_bytes + 1)
     except FileNotFoundError:
         raise BadImage(f"{who}: no such file.") from None
-    except IsADirectoryError:
+    except IsADirectoryError:  # io.open refuses a folder's descriptor before fstat sees it
         raise BadImage(f"{who} is a folder, not an image.") from None
     except OSError as e:
         raise BadImage(f"{who} could not be read: {e.strerror or e}.") from None

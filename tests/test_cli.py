@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import struct
 import subprocess
 import sys
+import threading
 import zlib
 from pathlib import Path
 
@@ -160,3 +163,210 @@ def test_console_script_help_and_exit_code(tmp_path):
         check=False,
     )
     assert done.returncode == 2 and "no such file" in done.stderr and "Traceback" not in done.stderr
+
+
+# -- every kind of path ------------------------------------------------------------------------------------
+# Real files of each kind: a folder, a FIFO (opening one for reading blocks until a writer comes: the CLI
+# must not hang), devices, a read-only place. Each case must give one line and exit 2, and leave what is
+# there as it was.
+
+
+def _read_only_dir(tmp_path: Path) -> Path:
+    """A folder no file can be created in (root ignores permission bits: /proc refuses even root)."""
+    if os.geteuid() == 0:
+        return Path("/proc")
+    d = tmp_path / "ro"
+    d.mkdir()
+    d.chmod(0o555)
+    return d
+
+
+def _fifo(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    os.mkfifo(path)
+    return path
+
+
+INPUT_KINDS = {
+    "missing": (lambda d: d / "missing.png", "no such file"),
+    "folder": (lambda d: (d / "dir.png").mkdir() or d / "dir.png", "folder"),
+    "fifo": (lambda d: _fifo(d, "pipe.png"), "not a regular file"),
+    "dev_zero": (lambda d: Path("/dev/zero"), "not a regular file"),
+    "dev_urandom": (lambda d: Path("/dev/urandom"), "not a regular file"),
+    "dev_null": (lambda d: Path("/dev/null"), "not a regular file"),
+    "empty": (lambda d: (d / "empty.png").write_bytes(b"") or d / "empty.png", "empty"),
+}
+
+
+def run_bounded(capsys, *argv: str, unblock: Path | None = None) -> tuple[int, str, str]:
+    """`run`, failing (not hanging) if the command blocks: e.g. in open() of a FIFO nobody writes to."""
+    result: list[tuple[int, str, str]] = []
+    worker = threading.Thread(target=lambda: result.append(run(capsys, *argv)), daemon=True)
+    worker.start()
+    worker.join(60)
+    if worker.is_alive() and unblock is not None:
+        os.close(os.open(unblock, os.O_RDWR | os.O_NONBLOCK))  # let the stuck open() return
+        worker.join(10)
+    assert result, f"iris {' '.join(argv)} hung"
+    return result[0]
+
+
+def _one_line(code: int, out: str, err: str, match: str) -> None:
+    assert code == 2, (code, err)
+    assert err.startswith("iris: error:") and match in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("kind", list(INPUT_KINDS))
+def test_classify_input_of_every_kind(capsys, tmp_path, kind):
+    make, match = INPUT_KINDS[kind]
+    path = make(tmp_path)
+    code, out, err = run_bounded(capsys, "classify", str(path), "--labels", "a, b", unblock=path)
+    _one_line(code, out, err, match)
+
+
+@pytest.mark.parametrize("kind", list(INPUT_KINDS))
+def test_imagine_init_of_every_kind(capsys, tmp_path, kind):
+    make, match = INPUT_KINDS[kind]
+    path = make(tmp_path)
+    out_png = tmp_path / "out.png"
+    code, out, err = run_bounded(
+        capsys, "imagine", "a fox", "--steps", "1", "--init", str(path), "-o", str(out_png), unblock=path
+    )
+    _one_line(code, out, err, match)
+    assert not out_png.exists()
+
+
+def _dev_full_link(d: Path) -> Path:
+    link = d / "full.png"
+    link.symlink_to("/dev/full")  # replacing the link would be harmless; writing through it is refused
+    return link
+
+
+OUTPUT_KINDS = {
+    "folder": (lambda d: (d / "dir.png").mkdir() or d / "dir.png", "is a folder"),
+    "fifo": (lambda d: _fifo(d, "pipe.png"), "not a regular file"),
+    "device": (_dev_full_link, "not a regular file"),
+    "missing_folder": (lambda d: d / "nope" / "out.png", "does not exist"),
+    "read_only_folder": (lambda d: _read_only_dir(d) / "iris-out.png", "cannot write"),
+    "unknown_extension": (lambda d: d / "out.jpgx", ".png"),
+    "no_extension": (lambda d: d / "out", ".png"),
+}
+
+
+@pytest.mark.parametrize("kind", list(OUTPUT_KINDS))
+def test_imagine_output_of_every_kind(capsys, tmp_path, kind):
+    make, match = OUTPUT_KINDS[kind]
+    path = make(tmp_path)
+    before = os.lstat(path) if os.path.lexists(path) else None
+    code, out, err = run_bounded(capsys, "imagine", "a fox", "--steps", "1", "-o", str(path), unblock=path)
+    _one_line(code, out, err, match)
+    after = os.lstat(path) if os.path.lexists(path) else None
+    assert (before and (before.st_mode, before.st_ino)) == (after and (after.st_mode, after.st_ino))
+
+
+def _null_device(d: Path) -> Path:
+    """A character device like /dev/null, made in the test's folder: a broken build that opened it as a
+    database would write its side files there, not into /dev."""
+    path = d / "null.sqlite3"
+    try:
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    except (PermissionError, OSError):
+        pytest.skip("cannot make a device node here")
+    return path
+
+
+INDEX_KINDS = {
+    "text_file": (
+        lambda d: (d / "notes.txt").write_text("not a database\n" * 10) and d / "notes.txt",
+        "SQLite",
+    ),
+    "image_file": (lambda d: world.make_image("red", "circle", 1).save(d / "i.png") or d / "i.png", "SQLite"),
+    "folder": (lambda d: (d / "idx").mkdir() or d / "idx", "folder"),
+    "fifo": (lambda d: _fifo(d, "idx.sqlite3"), "not a regular file"),
+    "device": (lambda d: _null_device(d), "not a regular file"),
+    "read_only_folder": (lambda d: _read_only_dir(d) / "iris-idx.sqlite3", "cannot"),
+}
+
+
+@pytest.mark.parametrize("kind", list(INDEX_KINDS))
+def test_find_index_of_every_kind(capsys, tmp_path, kind):
+    make, match = INDEX_KINDS[kind]
+    path = make(tmp_path)
+    before = path.read_bytes() if path.is_file() else None
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    world.make_image("red", "circle", 1).save(pics / "a.png")
+    code, out, err = run_bounded(
+        capsys, "find", str(pics), "a red circle", "--index", str(path), unblock=path
+    )
+    _one_line(code, out, err, match)
+    if before is not None:
+        assert path.read_bytes() == before  # not turned into a database
+
+
+def test_find_skips_fifos_in_the_folder(capsys, tmp_path):
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    world.make_image("red", "circle", 1).save(pics / "a.png")
+    os.mkfifo(pics / "b.png")
+    code, out, err = run_bounded(
+        capsys, "find", str(pics), "a red circle", "--index", str(tmp_path / "i.sqlite3"), "--json"
+    )
+    assert code == 0, err
+    assert [Path(h["path"]).name for h in json.loads(out)["hits"]] == ["a.png"]
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["imagine", "a fox", "--lr", "1e39"], "learning rate"),
+        (["imagine", "a fox", "--lr", "nan"], "learning rate"),
+        (["imagine", "a fox", "--lr", "inf"], "learning rate"),
+        (["imagine", "a fox", "--lr", "1e-300"], "learning rate"),
+        (["imagine", "a fox", "--steps", str(10**30)], "steps"),
+        (["imagine", "a fox", "--steps", "0"], "steps"),
+        (["imagine", "a fox", "--seed", str(2**64)], "seed"),
+        (["imagine", "a fox", "--seed", "-1"], "seed"),
+        (["imagine", "a fox", "--size", f"{10**40}x64"], "width"),
+        (["imagine", "a fox", "--size", "64x-64"], "height"),
+        (["imagine", "a fox", "--size", "1e40"], "--size"),
+        (["imagine", "a fox", "--cutouts", str(10**20)], "cutouts"),
+        (["imagine", "a fox", "--preview-every", "0"], "--preview-every"),
+        (["imagine", "a fox", "--preview-every", str(10**30)], "--preview-every"),
+        (["classify", "x.png", "--top-k", "0"], "--top-k"),
+        (["classify", "x.png", "--top-k", str(10**30)], "--top-k"),
+        (["find", ".", "x", "-k", "0"], "-k"),
+        (["find", ".", "x", "-k", str(10**30)], "-k"),
+    ],
+)
+def test_numbers_out_of_range_are_one_line(capsys, tmp_path, argv, match):
+    code, out, err = run(capsys, *argv, *(["-o", str(tmp_path / "o.png")] if argv[0] == "imagine" else []))
+    _one_line(code, out, err, match)
+
+
+CONFIG_KINDS = {
+    "missing": (lambda d: d / "none.yaml", "not found"),
+    "folder": (lambda d: d, "folder"),
+    "fifo": (lambda d: _fifo(d, "c.yaml"), "not a regular file"),
+    "dev_zero": (lambda d: Path("/dev/zero"), "not a regular file"),
+    "binary": (lambda d: (d / "c.yaml").write_bytes(b"\xff\xfe\x00" * 100) and d / "c.yaml", "UTF-8"),
+}
+
+
+@pytest.mark.parametrize("kind", list(CONFIG_KINDS))
+def test_config_path_of_every_kind(capsys, tmp_path, kind):
+    make, match = CONFIG_KINDS[kind]
+    path = make(tmp_path)
+    result: list[int] = []
+    worker = threading.Thread(
+        target=lambda: result.append(main(["classify", "x.png", "--config", str(path)]))
+    )
+    worker.daemon = True
+    worker.start()
+    worker.join(60)
+    if worker.is_alive():
+        os.close(os.open(path, os.O_RDWR | os.O_NONBLOCK))
+        worker.join(10)
+    assert result, "hung"
+    _one_line(result[0], "", capsys.readouterr().err, match)
