@@ -515,8 +515,15 @@ async def test_resubmit_ignores_the_queue_bound_and_user_caps(tmp_path, shared_e
         handles = [again.resubmit(e) for e in entries]  # admitted before the restart: all come back
         with pytest.raises((QueueFull, UserLimitReached)):  # a new job still meets the bounds
             again.imagine(req(steps=1), owner="alice")
-        for h in handles:
-            assert isinstance(await h.result(), Done)
+        st = again.status()
+        assert all(q.state is JobState.QUEUED for q in st.queued)
+        assert [q.position for q in st.queued] == list(range(1, len(st.queued) + 1))
+        events = [await collect(h) for h in handles]
+        for evs in events:
+            assert isinstance(evs[-1], Done)
+        last_queued = [e.position for e in events[2] if isinstance(e, Queued)]
+        assert last_queued[-1] == 1 and last_queued == sorted(last_queued, reverse=True)  # it moved up
+        assert [again.journal.get(i).state for i in ids] == [JobState.GENERATED] * 3
 
 
 async def test_retention_at_start_then_at_most_hourly(tmp_path, shared_engine):
