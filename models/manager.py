@@ -117,10 +117,7 @@ class InferenceManager:
     async def start(self) -> None:
         """Open the journal (JournalLocked if another manager owns it) and start the worker."""
         self._loop = asyncio.get_running_loop()
-        self._journal = Journal(self.config.manager.journal_path)
-        self._prune_if_due()  # first: a job past retention is not offered back
-        self._unfinished = {e.id: e for e in self._journal.unfinished()}
-        self._undelivered = {e.id: e for e in self._journal.in_states(JobState.GENERATED)}
+        await asyncio.to_thread(self._open_journal)  # file I/O (and retention) off the event loop
         self._accepting = True
         self._thread = threading.Thread(target=self._worker, name="iris-inference", daemon=True)
         self._thread.start()
@@ -158,6 +155,12 @@ class InferenceManager:
             self._resolve(short.future, error=ServiceClosed("the service is shutting down"))
         self._short.clear()
         self._close_journal()
+
+    def _open_journal(self) -> None:
+        self._journal = Journal(self.config.manager.journal_path)
+        self._prune_if_due()  # first: a job past retention is not offered back
+        self._unfinished = {e.id: e for e in self._journal.unfinished()}
+        self._undelivered = {e.id: e for e in self._journal.in_states(JobState.GENERATED)}
 
     def _close_journal(self) -> None:
         if self._journal is not None:
