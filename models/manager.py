@@ -38,12 +38,13 @@ from iris.errors import (
 )
 from iris.images import ImageLimits, load_image
 from iris.request import ImagineRequest
-from models.clip import Prediction, top_predictions
+from models.clip import Prediction
 from models.engine import Engine
 from models.events import Cancelled, Done, Event, Failed, Progress, Queued, Started
 from models.generate import Generation, png_bytes
 from models.handle import JobHandle, JobSummary, ManagerStatus
 from models.journal import JobState, Journal, JournalEntry
+from models.short_jobs import ShortJob, run_batch, take_batch
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +66,6 @@ class _Job:
     journal_failed: bool = False  # a journal write failed (logged once)
 
 
-@dataclass(eq=False)
-class _ShortJob:
-    kind: str  # "classify" | "images" | "text" | "model_id"
-    future: asyncio.Future[Any]
-    images: list[Image.Image] = field(default_factory=list)
-    labels: list[str] = field(default_factory=list)
-    top_k: int = 5
-    templates: str = "openai"
-    text: str = ""
-
-
 class InferenceManager:
     """`async with InferenceManager(config) as manager:` starts the worker; leaving it shuts down cleanly."""
 
@@ -85,7 +75,7 @@ class InferenceManager:
         self._journal: Journal | None = None  # opened (and locked) by start()
         self.step_hook: Callable[[Generation], None] | None = None  # called before each step (tests)
         self._cv = threading.Condition()
-        self._short: deque[_ShortJob] = deque()
+        self._short: deque[ShortJob] = deque()
         self._queue: deque[_Job] = deque()
         self._current: _Job | None = None
         self._accepting = False
@@ -177,7 +167,7 @@ class InferenceManager:
     ) -> list[Prediction]:
         labels = self.engine.check_labels(list(labels))
         im = await self._decode(image)
-        job = _ShortJob(
+        job = ShortJob(
             "classify",
             self._new_future(),
             images=[im],
@@ -190,18 +180,18 @@ class InferenceManager:
 
     async def embed_images(self, images: Sequence[Image.Image | bytes]) -> np.ndarray:
         decoded = [await self._decode(im) for im in images]
-        result: np.ndarray = await self._submit(_ShortJob("images", self._new_future(), images=decoded))
+        result: np.ndarray = await self._submit(ShortJob("images", self._new_future(), images=decoded))
         return result
 
     async def embed_text(self, query: str) -> np.ndarray:
         if not query.strip():
             raise BadRequest("the query is empty")
-        result: np.ndarray = await self._submit(_ShortJob("text", self._new_future(), text=query))
+        result: np.ndarray = await self._submit(ShortJob("text", self._new_future(), text=query))
         return result
 
     async def model_id(self) -> str:
         """The CLIP model's id (embeddings of different ids do not mix); loads the model if needed."""
-        name: str = await self._submit(_ShortJob("model_id", self._new_future()))
+        name: str = await self._submit(ShortJob("model_id", self._new_future()))
         return name
 
     async def _decode(self, image: Image.Image | bytes) -> Image.Image:
@@ -213,7 +203,7 @@ class InferenceManager:
     def _new_future(self) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().create_future()
 
-    async def _submit(self, job: _ShortJob) -> Any:
+    async def _submit(self, job: ShortJob) -> Any:
         if not self._accepting:
             raise ServiceClosed("the service is shutting down")
         with self._cv:
@@ -355,7 +345,7 @@ class InferenceManager:
                     self._cv.wait()
                 if self._stop:
                     return
-                short = self._take_short_locked()
+                short = take_batch(self._short, self.config.manager.short_batch_size)
                 job = self._current
                 start = None
                 if not short and job is None and self._queue:
@@ -397,62 +387,25 @@ class InferenceManager:
         """Between two slices of a step: run every short job that is waiting (on this same thread)."""
         while True:
             with self._cv:
-                batch = self._take_short_locked()
+                batch = take_batch(self._short, self.config.manager.short_batch_size)
             if not batch:
                 return
             self._run_short(batch)
 
-    def _take_short_locked(self) -> list[_ShortJob]:
-        """Waiting short jobs, up to the batch size counted in images (at least one job)."""
-        batch: list[_ShortJob] = []
-        images = 0
-        limit = self.config.manager.short_batch_size
-        while self._short:
-            nxt = self._short[0]
-            if batch and images + len(nxt.images) > limit:
-                break
-            batch.append(self._short.popleft())
-            images += len(nxt.images)
-        return batch
-
-    def _run_short(self, batch: list[_ShortJob]) -> None:
+    def _run_short(self, batch: list[ShortJob]) -> None:
+        self.forward_batches += 1
         try:
-            self._run_short_batch(batch)
+            run_batch(self.engine.clip, batch, self._settle_short)
         except Exception as e:
             if len(batch) == 1:
-                self._resolve(batch[0].future, error=self._user_error(e))
+                self._settle_short(batch[0], None, e)
                 return
             log.warning("a batch of %d short jobs failed; running them one by one", len(batch))
             for job in batch:  # so a bad job fails alone
                 self._run_short([job])
 
-    def _run_short_batch(self, batch: list[_ShortJob]) -> None:
-        clip = self.engine.clip
-        self.forward_batches += 1
-        with_images = [j for j in batch if j.kind in ("classify", "images")]
-        if with_images:
-            all_images = [im for j in with_images for im in j.images]
-            feats = clip.encode_images(all_images, batch_size=max(1, len(all_images)))  # one forward pass
-            offset = 0
-            for j in with_images:
-                own = feats[offset : offset + len(j.images)]
-                offset += len(j.images)
-                if j.kind == "images":
-                    self._resolve(j.future, own)
-                    continue
-                try:
-                    probs = clip.classify_probs(own, j.labels, j.templates)[0]
-                    self._resolve(j.future, top_predictions(probs, j.labels, j.top_k))
-                except Exception as e:
-                    self._resolve(j.future, error=self._user_error(e))
-        texts = [j for j in batch if j.kind == "text"]
-        if texts:
-            vecs = clip.encode_texts([j.text for j in texts])
-            for j, v in zip(texts, vecs, strict=True):
-                self._resolve(j.future, v)
-        for j in batch:
-            if j.kind == "model_id":
-                self._resolve(j.future, clip.name)
+    def _settle_short(self, job: ShortJob, value: Any, error: BaseException | None) -> None:
+        self._resolve(job.future, value, None if error is None else self._user_error(error))
 
     def _start_job(self, job: _Job) -> None:
         if job.cancel.is_set():
