@@ -280,10 +280,23 @@ class InferenceManager:
         """Record that a GENERATED job's picture reached its place: GENERATED → DELIVERED.
 
         Idempotent; True only when this call changed the state (False for an unknown job, a job not
-        generated yet, or one already delivered). A restart redelivers every job not marked.
+        generated yet, or one already delivered). A restart redelivers every job not marked. Works after
+        close() too (deliveries may finish during a shutdown), while no other process owns the journal.
         """
         self._undelivered.pop(job_id, None)
-        return self.journal.move(job_id, JobState.GENERATED, JobState.DELIVERED)
+        if self._journal is not None:
+            return self._journal.move(job_id, JobState.GENERATED, JobState.DELIVERED)
+        # After close(): a delivery that was still under way (waiting out a rate limit) lands during the
+        # shutdown. Open the journal just for this, so the next start does not post the picture again.
+        try:
+            journal = Journal(self.config.manager.journal_path)
+        except IrisError as e:  # another process owns it now: it will redeliver; say so
+            log.warning("job %s was delivered but could not be marked so: %s", job_id, e)
+            return False
+        try:
+            return journal.move(job_id, JobState.GENERATED, JobState.DELIVERED)
+        finally:
+            journal.close()
 
     def resubmit(self, entry: JournalEntry) -> JobHandle:
         """Queue an unfinished job again under its id, with the seed it was started with (so a resumed

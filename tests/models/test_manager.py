@@ -554,3 +554,15 @@ async def test_retention_at_start_then_at_most_hourly(tmp_path, shared_engine):
         await m.embed_text("x")
         await m.embed_text("y")  # the pass runs after the short job: wait for the next one
         assert m.journal.get(h.id) is None
+
+
+async def test_mark_delivered_works_after_close(tmp_path, shared_engine):
+    """A delivery still waiting out a rate limit lands after the manager closed: it must still count."""
+    async with _manager(tmp_path, shared_engine) as m:
+        h = m.imagine(req(steps=1), owner="a")
+        await h.result()
+    assert m.mark_delivered(h.id) is True
+    assert m.mark_delivered(h.id) is False
+    async with _manager(tmp_path, shared_engine) as again:
+        assert again.undelivered() == []  # not posted twice
+        assert again.journal.get(h.id).state == JobState.DELIVERED
