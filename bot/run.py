@@ -96,9 +96,17 @@ async def serve(bot: IrisBot, token: str) -> None:
 
 
 async def shutdown(bot: IrisBot, timeout: float = STOP_TIMEOUT_S) -> None:
-    """Close `bot` gracefully (jobs paused, their messages saying so), giving up after `timeout` s."""
+    """Close `bot` gracefully within `timeout` s: the running job is paused within a short grace (the
+    config's `close_grace_s` may be longer than docker waits), then the "Paused" messages are sent."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    grace = min(bot.config.manager.close_grace_s, timeout / 3)
     try:
-        await asyncio.wait_for(bot.close(), timeout)
+        await asyncio.wait_for(bot.manager.close(grace_s=grace), timeout / 2)
+    except TimeoutError:
+        log.warning("the jobs did not pause within %.0f s; closing anyway", timeout / 2)
+    try:
+        await asyncio.wait_for(bot.close(), max(0.5, deadline - loop.time()))
     except TimeoutError:
         log.warning("the graceful shutdown took over %.0f s; stopping now", timeout)
 

@@ -101,6 +101,8 @@ async def test_when_nothing_can_be_posted_the_job_stays_undelivered(w):
         gate.allow()
         await w.fake.wait_for(lambda: w.fake.count_requests("POST", r"^/channels/\d+/messages$", 403) >= 2)
         await w.fake.wait_for(lambda: not bot.get_cog("Imagine").tasks, timeout=30)
+        dm = w.fake.state.dms.get(w.alice.id)  # the DM was tried last, and refused
+        assert dm is not None and w.fake.count_requests("POST", rf"^/channels/{dm.id}/messages$", 403) >= 1
         assert bot.manager.journal.get(jid).state == "generated"  # a later start tries again
         ok = await w.fake.invoke_slash("status", user=w.alice, channel=w.channel)  # the bot goes on
         assert (await ok.wait_original()).ephemeral

@@ -7,15 +7,15 @@ import os
 import signal
 import sqlite3
 
+from bot import run
 from bot.app import IrisBot
-from bot.run import serve, sync_only
 from tests.bot.conftest import StepGate, title
 from tests.conftest import engine_for
 
 
 async def test_sync_pushes_the_commands_and_logs_out(w):
     with w.fake.patch_discord():
-        names = await sync_only(w.config(), w.fake.token, sync_global=False)
+        names = await run.sync_only(w.config(), w.fake.token, sync_global=False)
     assert {"classify", "imagine", "status"} <= set(names)
     synced = {c["name"] for c in w.fake.commands[w.guild.id]}
     assert {"classify", "imagine", "status", "Classify image"} <= synced
@@ -36,7 +36,7 @@ async def test_sigterm_pauses_the_jobs_then_closes(w):
     previous = signal.signal(signal.SIGTERM, lambda *args: caught.append(args))
     try:
         with w.fake.patch_discord():
-            running = asyncio.create_task(serve(bot, w.fake.token))
+            running = asyncio.create_task(run.serve(bot, w.fake.token))
             await w.fake.wait_for(lambda: bot.is_ready() or running.done())
             gate = StepGate(2)
             bot.manager.step_hook = gate

@@ -1,13 +1,13 @@
-"""/imagine: VQGAN+CLIP generation with a live queue position, progress previews and persistent buttons."""
+"""The /imagine command and its buttons: queue a job, follow it in one message, deliver its picture."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import re
-import unicodedata
-from typing import Any, ClassVar
+from typing import Any
 
 import discord
 from discord import app_commands
@@ -16,90 +16,18 @@ from discord.ext import commands
 from bot.app import IrisBot
 from bot.commands.status import fmt_eta
 from bot.delivery import why_not
-from bot.errors import Refused, reply_error
+from bot.errors import Refused
 from bot.progress import ProgressMessage, Requester, View
+from iris.errors import IrisError
 from iris.images import ImageLimits, check_size, image_name, load_image
 from iris.request import ImagineRequest
 from models.events import Cancelled, Done, Failed, Progress, Queued, Started
 from models.handle import JobHandle
-from models.journal import JournalEntry
+
+from ._restart import after_restart
+from ._views import buttons, final_view, job_embed, result_embed, thread_name
 
 log = logging.getLogger(__name__)
-
-COLOUR = 0xEB459E
-THREAD_NAME_MAX = 100  # Discord's bound on a thread's name
-# Letters and symbols that show as nothing: a thread named only with these looks blank.
-_BLANK_LOOKING = frozenset("\u115f\u1160\u3164\uffa0\u2800")
-
-
-def thread_name(prompt: str) -> str:
-    """A thread's name from a prompt: without invisible characters (zero-width, direction marks, fillers),
-    whitespace collapsed, at most 100 characters; "imagine" when nothing visible is left."""
-    visible = "".join(
-        " " if ch.isspace() else ch
-        for ch in prompt
-        if ch.isspace() or (unicodedata.category(ch)[0] not in "CZ" and ch not in _BLANK_LOOKING)
-    )
-    name = " ".join(visible.split())[:THREAD_NAME_MAX].strip()
-    return name or "imagine"
-
-
-def _embed(title: str, prompt: str, **fields: str) -> discord.Embed:
-    embed = discord.Embed(
-        title=title, description=discord.utils.escape_markdown(prompt)[:4000], colour=COLOUR
-    )
-    for name, value in fields.items():
-        embed.add_field(name=name.replace("_", " ").capitalize(), value=value)
-    return embed
-
-
-def _bot(interaction: discord.Interaction) -> IrisBot:
-    client = interaction.client
-    assert isinstance(client, IrisBot)
-    return client
-
-
-def _cog(interaction: discord.Interaction) -> Imagine:
-    cog = _bot(interaction).get_cog("Imagine")
-    assert isinstance(cog, Imagine)
-    return cog
-
-
-class JobButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"iris:(?P<action>[a-z]+):(?P<job>[0-9a-f]+)"
-):
-    """A button whose custom id carries the action and the job id, so it works after a restart."""
-
-    LABELS: ClassVar[dict[str, tuple[str, discord.ButtonStyle]]] = {
-        "cancel": ("Cancel", discord.ButtonStyle.danger),
-        "reroll": ("Re-roll", discord.ButtonStyle.primary),
-        "vary": ("Variations", discord.ButtonStyle.secondary),
-        "delete": ("Delete", discord.ButtonStyle.danger),
-    }
-
-    def __init__(self, action: str, job_id: str) -> None:
-        label, style = self.LABELS[action]
-        super().__init__(discord.ui.Button(label=label, style=style, custom_id=f"iris:{action}:{job_id}"))
-        self.action, self.job_id = action, job_id
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
-    ) -> JobButton:
-        return cls(match["action"], match["job"])
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        try:
-            await getattr(_cog(interaction), f"on_{self.action}")(interaction, self.job_id)
-        except Exception as e:
-            await reply_error(interaction, e)
-
-
-def buttons(job_id: str, *actions: str) -> discord.ui.View:
-    view = discord.ui.View(timeout=None)
-    for action in actions:
-        view.add_item(JobButton(action, job_id))
-    return view
 
 
 class Imagine(commands.Cog):
@@ -203,22 +131,25 @@ class Imagine(commands.Cog):
             "user": str(interaction.user.id),
             "message": str(original_id or ""),
         }
-        requester = self._requester(interaction.user.id)
+        requester = self.requester(interaction.user.id)
         progress = ProgressMessage(
             interaction, channel, discord_cfg.edits_per_window, discord_cfg.edit_window_s, requester=requester
         )
         if discord_cfg.thread_per_job and isinstance(channel, discord.TextChannel):
             try:
                 original = await interaction.edit_original_response(
-                    embed=_embed("Working on it in the thread below", request.prompt)
+                    embed=job_embed("Working on it in the thread below", request.prompt)
                 )
                 thread = await original.create_thread(name=thread_name(request.prompt))
-                first = await thread.send(embed=_embed("Queued", request.prompt))
+                first = await thread.send(embed=job_embed("Queued", request.prompt))
             except discord.HTTPException as e:
-                raise Refused(
-                    "I can't start a thread for this picture here (I need Create Public Threads and "
-                    f"Send Messages in Threads): {why_not(e)}."
-                ) from e
+                missing = e.code in (50001, 50013)
+                why = (
+                    "I need the Create Public Threads and Send Messages in Threads permissions"
+                    if missing
+                    else why_not(e)
+                )
+                raise Refused(f"I can't start a thread for this picture here: {why}.") from e
             meta.update(channel=str(thread.id), message=str(first.id))
             progress = ProgressMessage(
                 None,
@@ -228,16 +159,22 @@ class Imagine(commands.Cog):
                 message=first,
                 requester=requester,
             )
-        handle = self.bot.manager.imagine(
-            request, owner=str(interaction.user.id), meta=meta, max_queued_per_user=cap
-        )
+        try:
+            handle = self.bot.manager.imagine(
+                request, owner=str(interaction.user.id), meta=meta, max_queued_per_user=cap
+            )
+        except IrisError:
+            if progress.message is not None:  # the thread's first message must not promise a picture
+                with contextlib.suppress(discord.HTTPException):
+                    await progress.message.edit(embed=job_embed("Not queued", request.prompt))
+            raise
         try:
             self.follow(handle, progress)
         except BaseException:
             handle.cancel()
             raise
 
-    def _requester(self, user_id: int) -> Requester:
+    def requester(self, user_id: int) -> Requester:
         async def open_dm() -> discord.abc.Messageable:
             user = self.bot.get_user(user_id) or await self.bot.fetch_user(user_id)
             return await user.create_dm()
@@ -265,7 +202,7 @@ class Imagine(commands.Cog):
             if isinstance(ev, Queued):
                 progress.show(
                     View(
-                        embed=_embed("Queued", prompt, position=f"#{ev.position}", eta=fmt_eta(ev.eta_s)),
+                        embed=job_embed("Queued", prompt, position=f"#{ev.position}", eta=fmt_eta(ev.eta_s)),
                         view=cancel,
                     )
                 )
@@ -273,7 +210,7 @@ class Imagine(commands.Cog):
                 note = {"reduced": ev.reduced} if ev.reduced else {}
                 progress.show(
                     View(
-                        embed=_embed(
+                        embed=job_embed(
                             "Starting…", prompt, seed=str(ev.seed), size=f"{ev.width}×{ev.height}", **note
                         ),
                         view=cancel,
@@ -282,22 +219,26 @@ class Imagine(commands.Cog):
             elif isinstance(ev, Progress) and ev.preview_png is not None:
                 progress.show(
                     View(
-                        embed=_embed(f"Imagining… step {ev.step}/{ev.total}", prompt, eta=fmt_eta(ev.eta_s)),
+                        embed=job_embed(
+                            f"Imagining… step {ev.step}/{ev.total}", prompt, eta=fmt_eta(ev.eta_s)
+                        ),
                         image=ev.preview_png,
                         view=cancel,
                     )
                 )
             elif isinstance(ev, Done):
-                embed = result_embed(prompt, ev.seed, ev.steps, ev.clip_score, ev.reduced)
-                await self.deliver(jid, progress, final_view(jid, embed, ev.png()))
+                shown = result_embed(prompt, ev.seed, ev.steps, ev.clip_score, ev.reduced)
+                await self.deliver(jid, progress, final_view(jid, shown, ev.png()))
             elif isinstance(ev, Failed):
                 # The reason goes to the requester only: an error is never public.
-                await progress.finish(View(embed=_embed("Couldn't finish", prompt), view=discord.ui.View()))
+                await progress.finish(
+                    View(embed=job_embed("Couldn't finish", prompt), view=discord.ui.View())
+                )
                 await progress.tell(f"Your picture “{prompt[:200]}” couldn't be finished: {ev.error.message}")
             elif isinstance(ev, Cancelled):
                 title = "Cancelled" if ev.reason == "cancelled" else "Paused: the bot is restarting"
                 await progress.finish(
-                    View(embed=_embed(title, prompt), view=discord.ui.View()), fallback=False
+                    View(embed=job_embed(title, prompt), view=discord.ui.View()), fallback=False
                 )
 
     async def deliver(self, job_id: str, progress: ProgressMessage, view: View) -> None:
@@ -356,82 +297,4 @@ class Imagine(commands.Cog):
         if self._resumed:
             return
         self._resumed = True
-        self._spawn(self._after_restart(), "iris-after-restart")
-
-    async def _after_restart(self) -> None:
-        """Deliver what the last run made but did not deliver, then resume what it left unfinished.
-
-        Each job on its own: one that fails (a channel that refuses messages, a deleted channel) is logged
-        and never stops the others."""
-        for entry in self.bot.manager.undelivered():
-            try:
-                await self._redeliver(entry)
-            except Exception:
-                log.exception("could not redeliver job %s", entry.id)
-        for entry in self.bot.manager.unfinished():
-            try:
-                await self._resume(entry)
-            except Exception:
-                log.exception("could not resume job %s", entry.id)
-
-    async def _old_place(self, entry: JournalEntry) -> ProgressMessage | None:
-        """A progress message on the job's old message (or in its channel if that is unknown)."""
-        channel_id = int(entry.meta.get("channel") or 0)
-        channel = self.bot.get_channel(channel_id)
-        if channel is None and channel_id:
-            try:
-                channel = await self.bot.fetch_channel(channel_id)
-            except discord.HTTPException:
-                channel = None
-        if not isinstance(channel, discord.abc.Messageable):
-            return None
-        message_id = int(entry.meta.get("message") or 0)
-        get = getattr(channel, "get_partial_message", None)
-        message = get(message_id) if message_id and get is not None else None
-        cfg = self.bot.config.discord
-        return ProgressMessage(
-            None,
-            channel,
-            cfg.edits_per_window,
-            cfg.edit_window_s,
-            message=message,
-            requester=self._requester(int(entry.owner)),
-        )
-
-    async def _redeliver(self, entry: JournalEntry) -> None:
-        if entry.result_png is None:
-            return
-        progress = await self._old_place(entry)
-        if progress is None:  # the channel is gone: the picture goes by DM
-            progress = ProgressMessage(None, None, 1, 1.0, requester=self._requester(int(entry.owner)))
-        embed = result_embed(entry.request.prompt, entry.seed, entry.step, entry.clip_score, entry.reduced)
-        await self.deliver(entry.id, progress, final_view(entry.id, embed, entry.result_png))
-
-    async def _resume(self, entry: JournalEntry) -> None:
-        progress = await self._old_place(entry)
-        if progress is None:
-            self.bot.manager.discard(entry)
-            return
-        handle = self.bot.manager.resubmit(entry)
-        resuming = _embed("Resuming after a restart", entry.request.prompt)
-        progress.show(View(embed=resuming, view=buttons(entry.id, "cancel")))
-        self.follow(handle, progress)
-
-
-def result_embed(
-    prompt: str, seed: int | None, steps: int, clip_score: float | None, reduced: str | None
-) -> discord.Embed:
-    fields = {"seed": str(seed), "steps": str(steps), "clip_score": f"{clip_score or 0.0:.3f}"}
-    if reduced:
-        fields["note"] = f"Reduced to fit memory: {reduced}"
-    return _embed(prompt[:256], "", **fields)
-
-
-def final_view(job_id: str, embed: discord.Embed, png: bytes) -> View:
-    buttons_ = buttons(job_id, "reroll", "vary", "delete")
-    return View(embed=embed, image=png, filename=f"iris-{job_id}.png", view=buttons_)
-
-
-async def setup(bot: IrisBot) -> None:
-    bot.add_dynamic_items(JobButton)
-    await bot.add_cog(Imagine(bot))
+        self._spawn(after_restart(self), "iris-after-restart")
