@@ -200,3 +200,21 @@ async def test_mentions_in_prompts_ping_nobody(w):
         await final_of(w.fake, good)
     sent = [m for m in w.fake.all_messages() if m.author is w.fake.bot]
     assert len(sent) >= 2 and {uid for m in sent for uid in w.fake.pinged(m)} == set()
+
+
+async def test_a_job_that_fails_tells_its_reason_to_the_requester_only(w):
+    async with w.bot() as bot:
+
+        def broken_step(gen) -> None:  # a fault inside generation (as out of memory while decoding would be)
+            if gen.steps_done == 3:
+                raise RuntimeError("the device fell over")
+
+        bot.manager.step_hook = broken_step
+        rec = await w.fake.invoke_slash("imagine", user=w.alice, channel=w.channel, prompt="a red circle")
+        await w.fake.wait_for(lambda: title(rec.original) == "Couldn't finish", timeout=30)
+        private = await w.fake.wait_for(lambda: rec.followups[-1] if rec.followups else None)
+        assert private.ephemeral and "error id" in private.content and "red circle" in private.content
+        public = [m for m in w.fake.seen_by(w.bob, w.channel) if m.author is w.fake.bot]
+        assert public == [rec.original] and not has_button(rec.original, "Cancel")
+        assert all("error" not in str(m.embeds).lower() and "error" not in m.content for m in public)
+        assert "fell over" not in private.content  # the traceback stays in the log
