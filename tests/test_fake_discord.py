@@ -441,7 +441,14 @@ async def test_integer_option_bounds_above_2_53_fail_the_sync(world: World):
 
 
 async def test_the_bots_channel_permissions_are_enforced(world: World):
-    from tests.fake_discord.models import ATTACH_FILES, CREATE_PUBLIC_THREADS, SEND_MESSAGES, VIEW_CHANNEL
+    from tests.fake_discord.models import (
+        ATTACH_FILES,
+        CREATE_PUBLIC_THREADS,
+        EMBED_LINKS,
+        SEND_MESSAGES,
+        SEND_MESSAGES_IN_THREADS,
+        VIEW_CHANNEL,
+    )
 
     fake, guild = world.fake, world.guild
     bot_role = next(r for r in guild.roles if r.managed)
@@ -460,6 +467,15 @@ async def test_the_bots_channel_permissions_are_enforced(world: World):
             name="t", type=discord.ChannelType.public_thread
         )
     assert caught.value.code == 50013
+    thread = fake.add_channel(guild, "t", type="thread", parent=nothreads)
+    fake.set_overwrite(nothreads, bot_role, 0, CREATE_PUBLIC_THREADS | SEND_MESSAGES_IN_THREADS)
+    await fake.wait_for(lambda: world.bot.get_channel(thread.id))
+    with pytest.raises(discord.Forbidden) as caught:
+        await world.bot.get_channel(thread.id).send("in the thread")
+    assert caught.value.code == 50013
+    fake.set_overwrite(world.channel, bot_role, 0, EMBED_LINKS)
+    with pytest.raises(discord.Forbidden):
+        await world.bot.get_channel(world.channel.id).send(embed=discord.Embed(title="e"))
     sent = await world.bot.get_channel(world.channel.id).send("text")
     fake.set_overwrite(world.channel, bot_role, 0, ATTACH_FILES)
     with pytest.raises(discord.Forbidden):
