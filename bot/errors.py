@@ -13,6 +13,8 @@ from iris.errors import IrisError, report_unexpected
 
 log = logging.getLogger(__name__)
 
+MAX_CONTENT = 2000  # characters in a message's content (Discord refuses more)
+
 
 class Refused(IrisError):
     """A polite refusal (banned prompt, channel not allowed, not your job...)."""
@@ -37,6 +39,8 @@ def user_message(error: BaseException) -> str:
 async def reply_error(interaction: discord.Interaction, error: BaseException) -> None:
     """Send the error privately, whether or not the interaction was already acknowledged."""
     text = user_message(error)
+    if len(text) > MAX_CONTENT:  # a message may echo what the person typed: keep it within Discord's bound
+        text = text[: MAX_CONTENT - 1] + "…"
     try:
         if not interaction.response.is_done():
             await interaction.response.send_message(text, ephemeral=True)
