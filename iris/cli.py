@@ -416,6 +416,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Library warnings (Pillow's complaints about a damaged file, already reported as one line) go to the
+    # log, shown with -v, instead of raw lines on stderr.
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.WARNING if args.verbose else logging.ERROR)
     try:
         return int(args.func(args))
     except IrisError as e:

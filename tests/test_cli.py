@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
@@ -370,3 +371,20 @@ def test_config_path_of_every_kind(capsys, tmp_path, kind):
         worker.join(10)
     assert result, "hung"
     _one_line(result[0], "", capsys.readouterr().err, match)
+
+
+def test_a_damaged_file_gives_one_line_without_library_warnings(tmp_path):
+    """Pillow warns (UserWarning) while reading a cut TIFF: the person still sees one line, no warnings."""
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(buf, "TIFF", exif=b"Exif\0\0II*\0\x08\0\0\0")
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(buf.getvalue()[:8])
+    done = subprocess.run(
+        [sys.executable, "-m", "iris", "classify", str(cut), "--labels", "a, b", "--config", TOY],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("iris: error:") and len(done.stderr.strip().splitlines()) == 1, done.stderr
