@@ -10,63 +10,40 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 import logging
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from iris.config import Config
 from iris.errors import (
     BadRequest,
     IrisError,
-    JobTimedOut,
-    OutOfMemory,
     QueueFull,
     ServiceClosed,
     UserLimitReached,
-    internal_error,
-    report_unexpected,
 )
 from iris.images import ImageLimits, load_image
 from iris.request import ImagineRequest
 from models.clip import Prediction
 from models.engine import Engine
-from models.events import Cancelled, Done, Event, Failed, Progress, Queued, Started
-from models.generate import Generation, png_bytes
+from models.events import Cancelled
+from models.generate import Generation
 from models.handle import JobHandle, JobSummary, ManagerStatus
 from models.journal import JobState, Journal, JournalEntry
-from models.short_jobs import ShortJob, run_batch, take_batch
+from models.short_jobs import ShortJob
+from models.worker import GenJob, WorkerThread
 
 log = logging.getLogger(__name__)
 
-PRUNE_EVERY_S = 3600.0  # journal retention runs at start, then at most this often
 
-
-@dataclass(eq=False)
-class _Job:
-    id: str
-    owner: str
-    request: ImagineRequest
-    handle: JobHandle
-    cancel: threading.Event = field(default_factory=threading.Event)
-    gen: Generation | None = None
-    started_at: float | None = None
-    oom_tries: int = 0
-    reduced: list[str] = field(default_factory=list)
-    last_position: int | None = None
-    journal_failed: bool = False  # a journal write failed (logged once)
-
-
-class InferenceManager:
+class InferenceManager(WorkerThread):
     """`async with InferenceManager(config) as manager:` starts the worker; leaving it shuts down cleanly."""
 
     def __init__(self, config: Config, engine: Engine | None = None) -> None:
@@ -76,8 +53,8 @@ class InferenceManager:
         self.step_hook: Callable[[Generation], None] | None = None  # called before each step (tests)
         self._cv = threading.Condition()
         self._short: deque[ShortJob] = deque()
-        self._queue: deque[_Job] = deque()
-        self._current: _Job | None = None
+        self._queue: deque[GenJob] = deque()
+        self._current: GenJob | None = None
         self._accepting = False
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -257,7 +234,7 @@ class InferenceManager:
                         f"(the limit is {limit}); wait for one to finish or cancel it"
                     )
             handle = JobHandle(self, job_id, owner, request)
-            job = _Job(job_id, owner, request, handle)
+            job = GenJob(job_id, owner, request, handle)
             self.journal.add(job_id, owner, request, meta or {})
             self._queue.append(job)
             self._publish_positions_locked()
@@ -351,259 +328,3 @@ class InferenceManager:
         return ManagerStatus(len(queued), running, queued, device, models, self._step_time)
 
     # -- the worker thread -------------------------------------------------------------------------
-    def _worker(self) -> None:
-        while True:
-            with self._cv:
-                while not (self._short or self._queue or self._current or self._stop):
-                    self._cv.wait()
-                if self._stop:
-                    return
-                short = take_batch(self._short, self.config.manager.short_batch_size)
-                job = self._current
-                start = None
-                if not short and job is None and self._queue:
-                    start = self._current = self._queue.popleft()
-                    self._publish_positions_locked()
-            target = start or job
-            try:
-                if short:
-                    self._run_short(short)
-                elif start is not None:
-                    self._start_job(start)
-                elif job is not None:
-                    self._step_job(job)
-            except Exception as e:  # the worker must survive anything, and never retry the same failure
-                if short or target is None:
-                    report_unexpected(log, e, "the inference worker")
-                else:
-                    self._end(
-                        target, Failed(self._user_error(e, f"job {target.id}")), JobState.FAILED, error=str(e)
-                    )
-            self._prune_if_due()
-
-    def _prune_if_due(self) -> None:
-        """Retention: delete jobs over for `manager.retention_days`, at start and then at most hourly."""
-        days = self.config.manager.retention_days
-        now = self.clock()
-        if days <= 0 or now < self._next_prune:
-            return
-        self._next_prune = now + PRUNE_EVERY_S
-        try:
-            deleted = self.journal.prune(now - days * 86400)
-        except Exception as e:  # retention can wait for the next pass; jobs must not
-            report_unexpected(log, e, "the journal retention pass")
-            return
-        if deleted:
-            log.info("journal: deleted %d jobs finished more than %g days ago", deleted, days)
-
-    def _run_waiting_short(self) -> None:
-        """Between two slices of a step: run every short job that is waiting (on this same thread)."""
-        while True:
-            with self._cv:
-                batch = take_batch(self._short, self.config.manager.short_batch_size)
-            if not batch:
-                return
-            self._run_short(batch)
-
-    def _run_short(self, batch: list[ShortJob]) -> None:
-        self.forward_batches += 1
-        try:
-            run_batch(self.engine.clip, batch, self._settle_short)
-        except Exception as e:
-            if len(batch) == 1:
-                self._settle_short(batch[0], None, e)
-                return
-            log.warning("a batch of %d short jobs failed; running them one by one", len(batch))
-            for job in batch:  # so a bad job fails alone
-                self._run_short([job])
-
-    def _settle_short(self, job: ShortJob, value: Any, error: BaseException | None) -> None:
-        self._resolve(job.future, value, None if error is None else self._user_error(error))
-
-    def _start_job(self, job: _Job) -> None:
-        if job.cancel.is_set():
-            self._end(job, Cancelled(), JobState.CANCELLED)
-            return
-        try:
-            gen = self.engine.new_generation(job.request)
-        except Exception as e:
-            self._end(job, Failed(self._user_error(e, f"job {job.id}")), JobState.FAILED, error=str(e))
-            return
-        gen.before_step = self.step_hook
-        job.gen = gen
-        job.started_at = time.monotonic()
-        if job.request.seed is None:  # a retry after out-of-memory keeps the same seed
-            job.request = dataclasses.replace(job.request, seed=gen.seed)
-        self._journal_quietly(job, state=JobState.RUNNING, seed=gen.seed, step=0)
-        w, h = gen.size
-        reduced = "; ".join(job.reduced) or None
-        self._emit(job, Started(gen.seed, w, h, job.request.cutouts, reduced))
-
-    def _step_job(self, job: _Job) -> None:
-        gen = job.gen
-        assert gen is not None and job.started_at is not None
-        if job.cancel.is_set():
-            # a shutdown keeps it for the next start
-            state = JobState.CANCELLED if self._accepting else JobState.RUNNING
-            self._end(job, Cancelled("cancelled" if self._accepting else "shutdown"), state)
-            return
-        elapsed = time.monotonic() - job.started_at
-        deadline = self.config.manager.job_deadline_s
-        if elapsed > deadline:
-            err = JobTimedOut(
-                f"the generation ran past its {deadline:g} s limit after {gen.steps_done} steps"
-            )
-            self._end(job, Failed(err), JobState.FAILED, error=err.message)
-            return
-        t0 = time.perf_counter()
-        out_of_memory = False
-        try:
-            loss = gen.step(between=self._run_waiting_short, slice_size=self.config.manager.step_slice)
-        except torch.OutOfMemoryError:
-            out_of_memory = True  # retried below, outside this block: the traceback pins the step's frames
-        except Exception as e:
-            self._end(job, Failed(self._user_error(e, f"job {job.id}")), JobState.FAILED, error=str(e))
-            return
-        if out_of_memory:
-            del gen  # our last reference to the failed attempt's tensors
-            self._retry_after_oom(job)
-            return
-        dt = time.perf_counter() - t0
-        self._step_time = dt if self._step_time is None else 0.8 * self._step_time + 0.2 * dt
-        every = self.config.imagine.preview_every
-        preview = None
-        if gen.steps_done % every == 0 and not gen.done:
-            try:
-                preview = png_bytes(gen.preview())
-            except Exception as e:  # the step still counts; only its picture is missing
-                report_unexpected(log, e, f"the preview of job {job.id}", level=logging.WARNING)
-            self._journal_quietly(job, step=gen.steps_done)
-            with self._cv:
-                self._publish_positions_locked(force=True)
-        remaining = (gen.total - gen.steps_done) * self._step_time
-        self._emit(job, Progress(gen.steps_done, gen.total, loss, remaining, preview))
-        if gen.done:
-            self._finish(job, gen)
-
-    def _finish(self, job: _Job, gen: Generation) -> None:
-        """After the last step: the final picture (any error ends the job now, as Failed), GENERATED."""
-        try:
-            result = gen.result()
-            png = png_bytes(result.image)
-        except torch.OutOfMemoryError:
-            err: IrisError = OutOfMemory(
-                "the device ran out of memory while making the final picture; try a smaller size"
-            )
-            self._end(job, Failed(err), JobState.FAILED, error=err.message)
-            return
-        except Exception as e:
-            self._end(job, Failed(self._user_error(e, f"job {job.id}")), JobState.FAILED, error=str(e))
-            return
-        reduced = "; ".join(job.reduced) or None
-        done = Done(result.image, result.seed, result.steps, result.clip_score, reduced)
-        self._end(
-            job, done, JobState.GENERATED,
-            result_png=png, seed=result.seed, clip_score=result.clip_score, reduced=reduced,
-        )  # fmt: skip
-
-    def _retry_after_oom(self, job: _Job) -> None:
-        """Free memory, then retry with fewer cutouts, then with a smaller size; then fail."""
-        job.gen = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        job.oom_tries += 1
-        req = job.request
-        if job.oom_tries == 1 and req.cutouts > 1:
-            new = dataclasses.replace(req, cutouts=max(1, req.cutouts // 2))
-            job.reduced.append(f"cutouts {req.cutouts} → {new.cutouts}")
-        elif job.oom_tries <= 2 and min(req.width, req.height) > 32:
-            w, h = max(32, int(req.width * 0.75)), max(32, int(req.height * 0.75))
-            new = dataclasses.replace(req, width=w, height=h)
-            job.reduced.append(f"size {req.width}×{req.height} → {w}×{h}")
-        else:
-            err = OutOfMemory(
-                f"the device ran out of memory even at {req.width}×{req.height} with {req.cutouts} cutouts; "
-                "try a smaller size"
-            )
-            self._end(job, Failed(err), JobState.FAILED, error=err.message)
-            return
-        log.warning("job %s ran out of memory; retrying with %s", job.id, job.reduced[-1])
-        job.request = new
-        self._start_job(job)
-
-    def _end(self, job: _Job, event: Event, state: JobState, error: str | None = None, **result: Any) -> None:
-        """Journal the job's last state, free the worker, tell the caller — the last two even when the
-        journal write fails (disk full): the caller always hears the end, and the worker moves on."""
-        changes: dict[str, Any] = {"state": state, **result}
-        if error is not None:
-            changes["error"] = error
-        if job.gen is not None:
-            changes["step"] = job.gen.steps_done
-        try:
-            self._journal_quietly(job, **changes)
-        finally:
-            with self._cv:
-                if self._current is job:
-                    self._current = None
-                job.gen = None
-            self._emit(job, event)
-
-    def _journal_quietly(self, job: _Job, **changes: Any) -> None:
-        """A journal write that must not stop the job: a failure (disk full) is logged, once per job."""
-        try:
-            self.journal.update(job.id, **changes)
-        except Exception as e:
-            if not job.journal_failed:
-                report_unexpected(log, e, f"the journal write for job {job.id}")
-            job.journal_failed = True
-
-    # -- plumbing ----------------------------------------------------------------------------------
-    def _publish_positions_locked(self, force: bool = False) -> None:
-        """Tell each queued job its position and ETA when they change (call with the lock held)."""
-        st = self._step_time
-        ahead = 0
-        if self._current is not None:
-            done = self._current.gen.steps_done if self._current.gen else 0
-            ahead = self._current.request.steps - done
-        for pos, job in enumerate(self._queue, 1):
-            ahead += job.request.steps
-            if force or job.last_position != pos:
-                job.last_position = pos
-                self._emit(job, Queued(pos, ahead * st if st is not None else None))
-
-    def _emit(self, job: _Job, event: Event) -> None:
-        self._call_soon(job.handle._publish, event)
-
-    def _resolve(
-        self, future: asyncio.Future[Any], value: Any = None, error: BaseException | None = None
-    ) -> None:
-        def settle() -> None:
-            if future.done():
-                return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(value)
-
-        self._call_soon(settle)
-
-    def _call_soon(self, fn: Callable[..., None], *args: Any) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        if _running_loop() is loop:  # already on the loop's thread: deliver in order, now
-            fn(*args)
-        else:
-            loop.call_soon_threadsafe(fn, *args)
-
-    @staticmethod
-    def _user_error(e: BaseException, what: str = "a short job") -> IrisError:
-        return internal_error(log, e, what)
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
