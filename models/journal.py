@@ -20,9 +20,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
 
-from iris.errors import IrisError
+from iris.errors import BadFile, IrisError
 from iris.request import ImagineRequest
-from iris.sqlite import connect, transaction
+from iris.sqlite import check_database_file, connect, transaction
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class JournalEntry:
 class Journal:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        check_database_file(self.path)  # a folder, a FIFO or another file: refused before any side file
         self._lock_file = _take_lock(self.path)
         try:
             self._db = connect(self.path, _SCHEMA)
@@ -237,7 +237,11 @@ def _decode(value: Any, blobs: list[bytes]) -> Any:
 def _take_lock(path: Path) -> IO[bytes]:
     """Hold an exclusive, non-blocking OS lock on `<path>.lock`; JournalLocked if someone else has it."""
     lock_path = path.with_name(path.name + ".lock")
-    f = open(lock_path, "a+b")  # noqa: SIM115 - held open for the journal's life
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(lock_path, "a+b")  # noqa: SIM115 - held open for the journal's life
+    except OSError as e:
+        raise BadFile(f"cannot open the job journal {path}: {e.strerror or e}") from None
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from iris.errors import BadFile
 from iris.request import ImagineRequest
 from models.journal import JobState, Journal, JournalLocked
 
@@ -217,3 +219,27 @@ def test_prune_deletes_old_finished_jobs_with_their_blobs(journal):
     assert left == {"queued", "running", "recent"}  # unfinished work is never pruned
     blob_jobs = {r[0] for r in journal._db.execute("SELECT job FROM blobs")}
     assert blob_jobs == left  # the init images went with their jobs
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "text_file", "read_only_folder", "parent_is_a_file"])
+def test_a_journal_path_that_cannot_be_a_journal_is_one_line(tmp_path, kind):
+    if kind == "folder":
+        path = tmp_path / "j"
+        path.mkdir()
+    elif kind == "fifo":
+        path = tmp_path / "j.sqlite3"
+        os.mkfifo(path)
+    elif kind == "text_file":
+        path = tmp_path / "notes.txt"
+        path.write_text("my notes\n" * 5)
+    elif kind == "read_only_folder":
+        path = Path("/proc/iris-jobs.sqlite3")  # even root cannot create files in /proc
+    else:
+        (tmp_path / "file").write_text("x")
+        path = tmp_path / "file" / "j.sqlite3"
+    before = path.read_bytes() if path.is_file() else None
+    with pytest.raises(BadFile) as refused:
+        Journal(path)
+    assert str(path) in str(refused.value) and "\n" not in str(refused.value)
+    if before is not None:
+        assert path.read_bytes() == before
