@@ -6,12 +6,17 @@ import asyncio
 import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+import aiohttp
 import discord
 import pytest
 from discord.ext import commands
+from PIL import Image
 
-from tests.fake_discord import Channel, FakeDiscord, Guild, Member
+from tests.fake_discord import GONE, Channel, FakeDiscord, Guild, Member, OutsideHost
+from tests.photos import MB, Photos, PhotoSpec, session_photos
 
 
 @dataclass
@@ -362,3 +367,134 @@ async def test_an_edit_keeps_exactly_the_attachments_it_lists(world: World):
     [message] = fake.channel_messages(world.channel)
     assert [(a.filename, a.data) for a in message.attachments] == [("2.txt", b"two"), ("3.txt", b"three")]
     assert message.edits == 1 and message.content == "two files"
+
+
+# -- the CDN, signed links, embeds from other hosts ---------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Photos:
+    return session_photos(tmp_path_factory)
+
+
+@pytest.fixture
+async def outside() -> AsyncIterator[OutsideHost]:
+    async with OutsideHost() as host:
+        yield host
+
+
+async def _get(url: str, **kwargs: Any) -> tuple[int, dict[str, str], list[bytes]]:
+    """Status, headers and the body as the pieces that arrived (aiohttp's iter_any: one per read)."""
+    async with aiohttp.ClientSession() as session, session.get(url, **kwargs) as resp:
+        return resp.status, dict(resp.headers), [piece async for piece in resp.content.iter_any()]
+
+
+async def test_cdn_sends_a_multi_megabyte_photo_in_many_chunked_pieces(world: World, photos: Photos):
+    fake, channel = world.fake, world.channel
+    spec = PhotoSpec(7, 2048, 1536, 2 * MB)
+    data = photos.get(spec)
+    message = await fake.post_message(channel, world.alice, attachments=[photos.attachment(spec)])
+    attachment = message.attachments[0]
+
+    status, headers, pieces = await _get(attachment.url)
+
+    assert status == 200 and headers["Content-Type"] == "image/jpeg"
+    assert headers.get("Transfer-Encoding") == "chunked" and "Content-Length" not in headers
+    assert b"".join(pieces) == data and len(data) > 1.5 * MB
+    assert len(pieces) >= len(data) // fake.cdn.chunk_bytes // 2  # arrived in pieces, not in one go
+    # So a client that reads "up to N bytes" once gets what has arrived so far: a fraction of the file.
+    async with aiohttp.ClientSession() as session, session.get(attachment.url) as resp:
+        first = await resp.content.read(len(data) + 1)
+    assert 0 < len(first) < len(data)
+    # discord.py's own Attachment.read reads to the end.
+    seen = await world.bot.get_channel(channel.id).fetch_message(message.id)  # type: ignore[union-attr]
+    assert await seen.attachments[0].read() == data
+
+
+async def test_cdn_sends_content_length_for_a_file_that_asks_for_it(world: World, photos: Photos):
+    fake = world.fake
+    spec = PhotoSpec(8, 1600, 1200, 600_000)
+    message = await fake.post_message(world.channel, world.alice, attachments=[photos.attachment(spec)])
+    attachment = message.attachments[0]
+    attachment.content_length = True
+
+    status, headers, pieces = await _get(attachment.url)
+
+    assert status == 200 and headers["Content-Length"] == str(attachment.size)
+    assert "Transfer-Encoding" not in headers and b"".join(pieces) == attachment.data
+
+
+async def test_signed_links_expire_on_the_fake_clock_and_a_refetch_signs_them_again(world: World):
+    fake, channel = world.fake, world.channel
+    message = await fake.post_message(channel, world.alice, attachments=[("a.png", _png(), "image/png")])
+    bot_channel = world.bot.get_channel(channel.id)
+    old = (await bot_channel.fetch_message(message.id)).attachments[0]  # type: ignore[union-attr]
+    query = parse_qs(urlsplit(old.url).query)
+    issued, expires = int(query["is"][0], 16), int(query["ex"][0], 16)
+    assert abs(issued - fake.clock.now()) < 5 and expires - issued == fake.cdn.lifetime_s
+    assert len(query["hm"][0]) == 64 and old.url.endswith("&")
+    assert urlsplit(old.proxy_url).path.startswith("/media/attachments/")
+    assert urlsplit(old.proxy_url).query == urlsplit(old.url).query  # one signature for both hosts
+    assert old.width == 8 and old.height == 4
+    for url in (old.url, old.proxy_url):
+        assert (await _get(url))[0] == 200
+    forged = old.url.replace(query["hm"][0], "0" * 64)
+    later = old.url.replace(query["ex"][0], f"{expires + 3600:x}")  # a longer life needs a new signature
+    bare = old.url.split("?")[0]
+    for url in (forged, later, bare):
+        status, _, body = await _get(url)
+        assert (status, b"".join(body).decode()) == (404, GONE)
+
+    fake.clock.advance(fake.cdn.lifetime_s + 60)
+
+    for url in (old.url, old.proxy_url):
+        status, _, body = await _get(url)
+        assert (status, b"".join(body).decode()) == (404, GONE)
+    new = (await bot_channel.fetch_message(message.id)).attachments[0]  # type: ignore[union-attr]
+    assert new.url != old.url
+    for url in (new.url, new.proxy_url):
+        status, _, body = await _get(url)
+        assert status == 200 and b"".join(body) == message.attachments[0].data
+    assert fake.count_requests("GET", r"^/(cdn|media)/attachments/", status=404) == 5
+
+
+async def test_an_embed_from_another_host_is_served_by_the_proxy_only(world: World, outside: OutsideHost):
+    fake, channel = world.fake, world.channel
+    picture = _png()
+    original = outside.put("/cat.png", picture, "image/png")
+    moved = outside.url("/elsewhere.png")
+    await fake.post_message(
+        channel,
+        world.alice,
+        original,
+        embeds=[
+            fake.image_embed(original, picture, "image/png"),
+            fake.image_embed(original, picture, "image/png", rich=True, proxy_redirect_to=moved),
+        ],
+    )
+    message = await fake.wait_for(lambda: world.seen.messages and world.seen.messages[-1])
+    link, rich = message.embeds
+
+    assert link.type == "image" and link.thumbnail.url == original
+    assert rich.type == "rich" and rich.image.url == original
+    assert (link.thumbnail.width, link.thumbnail.height) == (8, 4)
+    for proxied in (link.thumbnail.proxy_url, rich.image.proxy_url):
+        assert urlsplit(proxied).netloc == urlsplit(fake.base_url).netloc != outside.host
+    status, _, body = await _get(link.thumbnail.proxy_url)
+    assert status == 200 and b"".join(body) == picture
+    status, headers, _ = await _get(rich.image.proxy_url, allow_redirects=False)
+    assert status == 302 and headers["Location"] == moved
+    assert outside.hits == []  # the fake never fetches the original
+
+    # The counter does count: a client that follows the redirect reaches the outside host.
+    outside.redirect("/elsewhere.png", original)
+    status, _, body = await _get(rich.image.proxy_url)
+    assert status == 200 and b"".join(body) == picture
+    assert [h.path for h in outside.hits] == ["/elsewhere.png", "/cat.png"]
+    assert outside.address == "127.0.0.2" or outside.port != fake.port
+
+
+def _png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 4), (200, 30, 30)).save(buf, "PNG")
+    return buf.getvalue()

@@ -9,14 +9,18 @@ async with FakeDiscord() as fake:
         reply = await interaction.wait_original()
 """
 
+from .cdn import GONE, Cdn
 from .clock import FakeClock
 from .interactions import InteractionRecord
 from .models import Attachment, Channel, Guild, Member, Message, Role, User
+from .outside import OutsideHost
 from .server import DEFAULT_ATTACHMENT_SIZE_LIMIT, FakeDiscord, RequestRecord
 
 __all__ = [
     "DEFAULT_ATTACHMENT_SIZE_LIMIT",
+    "GONE",
     "Attachment",
+    "Cdn",
     "Channel",
     "FakeClock",
     "FakeDiscord",
@@ -24,6 +28,7 @@ __all__ = [
     "InteractionRecord",
     "Member",
     "Message",
+    "OutsideHost",
     "RequestRecord",
     "Role",
     "User",

@@ -1,4 +1,4 @@
-"""REST routes the bot calls with its token: itself, commands, guilds, channels, messages, the CDN."""
+"""REST routes the bot calls with its token: itself, commands, guilds, channels, messages."""
 
 from __future__ import annotations
 
@@ -84,7 +84,6 @@ class RestRoutes:
             ("DELETE", message + "/reactions/{emoji}/@me", self.unreact),
             ("POST", channel + "/threads", self.create_thread),
             ("POST", message + "/threads", self.thread_from_message),
-            ("GET", "/cdn/attachments/{channel_id}/{attachment_id}/{filename}", self.cdn),
         ]
         for method, path, handler in routes:
             app.router.add_route(method, path, handler)
@@ -319,13 +318,3 @@ class RestRoutes:
         name = (await request.json())["name"]
         thread = self.state.add_channel(parent.guild, name, "thread", parent=parent, channel_id=message.id)
         return json_response(thread.payload(), 201)
-
-    # -- the CDN -----------------------------------------------------------------------------------
-
-    async def cdn(self, request: web.Request) -> web.Response:
-        attachment = self.state.attachments.get(int(request.match_info["attachment_id"]))
-        if attachment is None:
-            return web.Response(status=404, text="Not Found")
-        return web.Response(
-            body=attachment.data, content_type=attachment.content_type or "application/octet-stream"
-        )
