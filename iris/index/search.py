@@ -1,0 +1,333 @@
+"""The in-memory search structure: one per server (or folder) and model, permissions applied as a filter.
+
+A group (a Discord server's channels `discord:GUILD:*`, or one folder) keeps its vectors fp16, one block
+per scope, so a member's readable channels select whole blocks: the filter is exact and costs nothing per
+excluded row, and the six members with six role sets share one copy. Blocks grow by appending (an eighth
+of spare room at most) and forget rows by masking; a block is compacted only when a quarter of it is
+dead. After any write, from this process or another, only the logged delta (`changes`) is applied.
+
+Scores come from simsimd's fp16 dot product (SIMD, reads the fp16 blocks in place); without simsimd,
+numpy converts slices to float32 first (correct, about 15 times slower).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from iris.index.sql import chunks, qs
+
+try:
+    import simsimd
+except ImportError:  # pragma: no cover - exercised where simsimd is not installed
+    simsimd = None
+
+log = logging.getLogger(__name__)
+
+SLACK = 8  # a full block grows by 1/SLACK of its size: spare room stays under 12.5 %
+MIN_ROOM = 64  # rows; the smallest growth step
+COMPACT_DEAD = 4  # a block with more than 1/COMPACT_DEAD masked rows is compacted
+_NUMPY_CHUNK = 4096  # rows converted to float32 at a time by the numpy fallback
+
+
+def group_of(scope: str) -> str:
+    """The group a scope is searched in: a Discord server's channels share one; any other scope is its own."""
+    if scope.startswith("discord:"):
+        head, sep, _ = scope[len("discord:") :].partition(":")
+        if sep:
+            return f"discord:{head}:"
+    return scope
+
+
+def dots(mat: np.ndarray, q16: np.ndarray, out: np.ndarray) -> None:
+    """out[i] = mat[i] · q, in float32: mat (n, d) float16 contiguous, q16 (d,) float16, out (n,) float32."""
+    if not len(mat):
+        return
+    if simsimd is not None:
+        simsimd.cdist(q16[None, :], mat, metric="dot", out=out[None, :], out_dtype="float32")
+        return
+    q = q16.astype(np.float32)
+    for lo in range(0, len(mat), _NUMPY_CHUNK):
+        np.matmul(mat[lo : lo + _NUMPY_CHUNK].astype(np.float32), q, out=out[lo : lo + _NUMPY_CHUNK])
+
+
+class Block:
+    """One scope's vectors: rows [0, n) used, `alive` False where an item was removed since."""
+
+    __slots__ = ("alive", "dead", "n", "rowids", "vecs")
+
+    def __init__(self, dim: int, capacity: int) -> None:
+        self.vecs = np.empty((capacity, dim), dtype=np.float16)  # (capacity, dim)
+        self.rowids = np.empty(capacity, dtype=np.int64)  # items.rowid of each row
+        self.alive = np.ones(capacity, dtype=bool)
+        self.n = 0
+        self.dead = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.vecs.nbytes + self.rowids.nbytes + self.alive.nbytes
+
+    @property
+    def live(self) -> int:
+        return self.n - self.dead
+
+    def _resize(self, capacity: int) -> None:
+        keep = self.alive[: self.n] if self.dead else slice(0, self.n)
+        vecs, rowids = self.vecs[: self.n][keep], self.rowids[: self.n][keep]
+        self.n, self.dead = len(rowids), 0
+        self.vecs = np.empty((capacity, self.vecs.shape[1]), dtype=np.float16)
+        self.rowids = np.empty(capacity, dtype=np.int64)
+        self.alive = np.ones(capacity, dtype=bool)
+        self.vecs[: self.n], self.rowids[: self.n] = vecs, rowids
+
+    def append(self, rowids: np.ndarray, vecs: np.ndarray) -> None:
+        m = len(rowids)
+        if self.n + m > len(self.rowids):
+            need = self.live + m
+            self._resize(need + max(MIN_ROOM, need // SLACK))
+        self.vecs[self.n : self.n + m] = vecs
+        self.rowids[self.n : self.n + m] = rowids
+        self.alive[self.n : self.n + m] = True
+        self.n += m
+
+    def kill(self, rowids: np.ndarray) -> None:
+        hit = np.isin(self.rowids[: self.n], rowids) & self.alive[: self.n]
+        if hit.any():
+            self.alive[: self.n][hit] = False
+            self.dead += int(hit.sum())
+            if self.dead * COMPACT_DEAD > self.n:
+                self._resize(self.live + max(MIN_ROOM, self.live // SLACK))
+
+
+class GroupVectors:
+    """The vectors of one group for one model, a block per scope."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.blocks: dict[str, Block] = {}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self.blocks.values())
+
+    @property
+    def live(self) -> int:
+        return sum(b.live for b in self.blocks.values())
+
+    def add(self, scope: str, rowids: np.ndarray, vecs: np.ndarray) -> None:
+        self.dim = self.dim or vecs.shape[1]  # an empty group learns its dimension from its first rows
+        block = self.blocks.get(scope)
+        if block is None:
+            m = len(rowids)
+            block = self.blocks[scope] = Block(self.dim, m + max(MIN_ROOM, m // SLACK))
+        block.append(rowids, vecs)
+
+    def top(self, scopes: Iterable[str], q: np.ndarray, k: int) -> list[tuple[float, int]]:
+        """The best k (score, item rowid) over the blocks of `scopes`, best first."""
+        blocks = [b for s in dict.fromkeys(scopes) if (b := self.blocks.get(s)) is not None and b.live]
+        total = sum(b.n for b in blocks)
+        if not total or k <= 0:
+            return []
+        if q.shape != (self.dim,):
+            raise ValueError(f"query has dimension {q.shape}, the index {self.dim}")
+        q16 = q.astype(np.float16)
+        scores = np.empty(total, dtype=np.float32)  # every allowed row's score, blocks end to end
+        starts = np.empty(len(blocks), dtype=np.int64)
+        at = 0
+        for i, b in enumerate(blocks):
+            starts[i] = at
+            out = scores[at : at + b.n]
+            dots(b.vecs[: b.n], q16, out)
+            if b.dead:
+                out[~b.alive[: b.n]] = -np.inf
+            at += b.n
+        k = min(k, total)
+        best = np.argpartition(-scores, k - 1)[:k] if k < total else np.arange(total)
+        best = best[np.argsort(-scores[best], kind="stable")]
+        which = np.searchsorted(starts, best, side="right") - 1
+        return [
+            (float(scores[j]), int(blocks[w].rowids[j - starts[w]]))
+            for j, w in zip(best.tolist(), which.tolist(), strict=True)
+            if scores[j] != -np.inf
+        ]
+
+
+def _vectors(blobs: Sequence[bytes]) -> np.ndarray:
+    """(len(blobs), dim) float16 from the stored little-endian blobs."""
+    return np.frombuffer(b"".join(blobs), dtype="<f2").reshape(len(blobs), -1)
+
+
+def _scope_range(group: str) -> tuple[str, str]:
+    """scope >= lo AND scope < hi selects exactly the group's scopes."""
+    if group.endswith(":"):
+        return group, group[:-1] + ";"  # ';' follows ':'
+    return group, group + "\0"
+
+
+class SearchCache:
+    """The loaded groups (least recently searched first) and how far into `changes` they are.
+
+    Not locked itself: the owning ImageIndex calls it under its lock, on its connection."""
+
+    def __init__(self, db: sqlite3.Connection, max_bytes: int) -> None:
+        self._db = db
+        self.max_bytes = max_bytes
+        self._groups: OrderedDict[tuple[str, str], GroupVectors] = OrderedDict()
+        self._cursor = 0  # last `changes` seq applied to every loaded group
+        self._seen: tuple[int, int] | None = None  # (data_version, total_changes) at the last check
+        self.loads = 0  # whole-group loads (first search, after eviction or a pruned log)
+        self.updates = 0  # delta applications to a loaded group
+        self.evictions = 0
+        self._warned: set[str] = set()
+
+    def clear(self) -> None:
+        self._groups.clear()
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "groups": len(self._groups),
+            "vectors": sum(g.live for g in self._groups.values()),
+            "bytes": sum(g.nbytes for g in self._groups.values()),
+            "loads": self.loads,
+            "updates": self.updates,
+            "evictions": self.evictions,
+        }
+
+    def top(
+        self, group: str, model_id: str, scopes: Sequence[str], q: np.ndarray, k: int
+    ) -> list[tuple[float, int]]:
+        self.catch_up()
+        g = self._groups.get((group, model_id))
+        if g is None:
+            g = self._load(group, model_id)
+        self._groups.move_to_end((group, model_id))
+        return g.top(scopes, q, k)
+
+    # -- keeping up with the database ------------------------------------------------------------------
+    def _last_seq(self) -> int:
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
+        return int(row[0]) if row else 0
+
+    def catch_up(self) -> None:
+        """Apply every change logged since the last call, whichever connection made it."""
+        # data_version moves when another connection commits, total_changes when this one writes.
+        seen = (int(self._db.execute("PRAGMA data_version").fetchone()[0]), self._db.total_changes)
+        if seen == self._seen:
+            return
+        self._seen = seen
+        if not self._groups:
+            self._cursor = self._last_seq()
+            return
+        first = self._db.execute("SELECT MIN(seq) FROM changes").fetchone()[0]
+        if (first or self._last_seq() + 1) > self._cursor + 1:
+            log.info("search: the change log was pruned past this reader; reloading on demand")
+            self._groups.clear()
+            self._cursor = self._last_seq()
+            return
+        rows = self._db.execute(
+            "SELECT seq, item, scope, content_hash, model_id FROM changes WHERE seq > ? ORDER BY seq",
+            (self._cursor,),
+        ).fetchall()
+        if not rows:
+            return
+        self._cursor = rows[-1][0]
+        items: dict[str, set[int]] = {}  # scope -> changed item rowids
+        hashes: dict[str, set[str]] = {}  # model -> hashes given a vector
+        for _, item, scope, content_hash, model_id in rows:
+            if item is not None:
+                items.setdefault(scope, set()).add(item)
+            else:
+                hashes.setdefault(model_id, set()).add(content_hash)
+        models = {m for _, m in self._groups}
+        for model_id, hs in hashes.items():
+            if model_id in models:
+                for chunk in chunks(sorted(hs)):
+                    for rowid, scope in self._db.execute(
+                        f"SELECT rowid, scope FROM items WHERE content_hash IN ({qs(chunk)})", chunk
+                    ):
+                        items.setdefault(scope, set()).add(rowid)
+        for (group, model_id), g in self._groups.items():
+            touched = {s: ids for s, ids in items.items() if group_of(s) == group}
+            if touched:
+                self._apply(g, model_id, touched)
+                self.updates += 1
+        self._enforce_bound(keep=None)
+
+    def _apply(self, g: GroupVectors, model_id: str, touched: dict[str, set[int]]) -> None:
+        """Mask every touched item, then append the ones that are (still) searchable."""
+        for scope, ids in touched.items():
+            if scope in g.blocks:
+                g.blocks[scope].kill(np.fromiter(ids, dtype=np.int64, count=len(ids)))
+        every = sorted(i for ids in touched.values() for i in ids)
+        fresh: dict[str, tuple[list[int], list[bytes]]] = {}
+        for chunk in chunks(every):
+            for rowid, scope, blob in self._db.execute(
+                "SELECT i.rowid, i.scope, v.vector FROM items i JOIN vectors v "
+                "ON v.content_hash = i.content_hash AND v.model_id = ? "
+                f"WHERE i.status = 'ok' AND i.rowid IN ({qs(chunk)})",
+                (model_id, *chunk),
+            ):
+                got = fresh.setdefault(scope, ([], []))
+                got[0].append(rowid)
+                got[1].append(blob)
+        for scope, (rowids, blobs) in fresh.items():
+            g.add(scope, np.array(rowids, dtype=np.int64), _vectors(blobs))
+
+    def _load(self, group: str, model_id: str) -> GroupVectors:
+        lo, hi = _scope_range(group)
+        cur = self._db.execute(
+            "SELECT i.rowid, i.scope, v.vector FROM items i JOIN vectors v "
+            "ON v.content_hash = i.content_hash AND v.model_id = ? "
+            "WHERE i.status = 'ok' AND i.scope >= ? AND i.scope < ? ORDER BY i.scope",
+            (model_id, lo, hi),
+        )
+        g: GroupVectors | None = None
+        scope, ids, blobs = "", list[int](), list[bytes]()
+
+        def flush() -> None:
+            nonlocal g
+            if ids:
+                if g is None:
+                    g = GroupVectors(len(blobs[0]) // 2)
+                g.add(scope, np.array(ids, dtype=np.int64), _vectors(blobs))
+            ids.clear()
+            blobs.clear()
+
+        while batch := cur.fetchmany(4096):
+            for rowid, s, blob in batch:
+                if s != scope:
+                    flush()
+                    scope = s
+                ids.append(rowid)
+                blobs.append(blob)
+        flush()
+        # An empty group is kept too: the rows added later reach it as deltas.
+        loaded = g if g is not None else GroupVectors(0)
+        self._groups[(group, model_id)] = loaded
+        self.loads += 1
+        self._enforce_bound(keep=(group, model_id))
+        return loaded
+
+    def _enforce_bound(self, keep: tuple[str, str] | None) -> None:
+        """Drop least recently searched groups while over the bound; a lone group over it stays loaded
+        (a search needs it whole) and is logged once."""
+        total = sum(g.nbytes for g in self._groups.values())
+        for key in list(self._groups):
+            if total <= self.max_bytes:
+                return
+            if key == keep or len(self._groups) == 1:
+                continue
+            total -= self._groups.pop(key).nbytes
+            self.evictions += 1
+        if total > self.max_bytes and keep is not None and keep[0] not in self._warned:
+            self._warned.add(keep[0])
+            log.warning(
+                "search: %s alone holds %.0f MiB of vectors, over index.search_memory_mib (%.0f MiB)",
+                keep[0],
+                total / 2**20,
+                self.max_bytes / 2**20,
+            )

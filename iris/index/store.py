@@ -1,0 +1,438 @@
+"""The index's SQLite side: items, vectors, thumbnails, tombstones, saved queries, scan state, retention.
+
+One embedding per (content hash, model id), so the same picture posted twice, or a re-scan, never costs a
+second forward pass. Items (a file in a folder, an attachment in a channel) point at a content hash within
+a scope (a folder, a channel). Every change to `items` or `vectors` is logged by a trigger in `changes`,
+whichever process made it, so in-memory search structures catch up by reading only the delta.
+
+Thread-safe: one connection behind a lock; every method does its SQLite and numpy work in the calling
+thread, so async callers use `asyncio.to_thread`. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from iris.config import IndexConfig
+from iris.index.search import SearchCache, group_of
+from iris.index.sql import chunks, qs
+from iris.sqlite import connect, transaction
+
+log = logging.getLogger(__name__)
+
+DAY_S = 86_400.0
+PRUNE_EVERY_S = 3_600.0  # retention runs on open and then at most this often, on writes
+CHANGES_KEPT = 200_000  # log entries kept; a reader further behind reloads instead of replaying
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS vectors (
+    content_hash TEXT NOT NULL,
+    model_id TEXT NOT NULL,
+    vector BLOB NOT NULL,              -- L2-normalised embedding, float16, little-endian
+    PRIMARY KEY (content_hash, model_id)
+);
+CREATE TABLE IF NOT EXISTS items (
+    scope TEXT NOT NULL,               -- what one search covers: a folder, a channel
+    key TEXT NOT NULL,                 -- the item within its scope: a relative path, message/attachment ids
+    content_hash TEXT,                 -- NULL while unreadable (status 'bad')
+    status TEXT NOT NULL DEFAULT 'ok', -- 'ok' or 'bad'
+    meta TEXT NOT NULL DEFAULT '{}',   -- JSON: size, mtime, author, url, ...
+    PRIMARY KEY (scope, key)
+);
+CREATE INDEX IF NOT EXISTS items_hash ON items (content_hash);
+CREATE TABLE IF NOT EXISTS thumbs (
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    data BLOB NOT NULL,                -- a small WebP/JPEG made at index time: grids need no download
+    PRIMARY KEY (scope, key)
+);
+CREATE TABLE IF NOT EXISTS tombstones (
+    scope TEXT NOT NULL,
+    message TEXT NOT NULL,             -- a deleted message: its items may not come back (a delete wins)
+    deleted_at REAL NOT NULL,          -- unix time; kept index.tombstone_days
+    PRIMARY KEY (scope, message)
+);
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    item INTEGER,                      -- rowid of an item inserted, deleted, or whose hash/status changed
+    scope TEXT,                        -- that item's scope
+    content_hash TEXT,                 -- or: a vector written for this hash...
+    model_id TEXT                      -- ...and this model
+);
+CREATE TRIGGER IF NOT EXISTS items_added AFTER INSERT ON items BEGIN
+    INSERT INTO changes (item, scope) VALUES (new.rowid, new.scope);
+END;
+CREATE TRIGGER IF NOT EXISTS items_changed AFTER UPDATE ON items
+WHEN old.content_hash IS NOT new.content_hash OR old.status IS NOT new.status BEGIN
+    INSERT INTO changes (item, scope) VALUES (new.rowid, new.scope);
+END;
+CREATE TRIGGER IF NOT EXISTS items_removed AFTER DELETE ON items BEGIN
+    INSERT INTO changes (item, scope) VALUES (old.rowid, old.scope);
+    DELETE FROM thumbs WHERE scope = old.scope AND key = old.key;
+END;
+CREATE TRIGGER IF NOT EXISTS vectors_added AFTER INSERT ON vectors BEGIN
+    INSERT INTO changes (content_hash, model_id) VALUES (new.content_hash, new.model_id);
+END;
+CREATE TABLE IF NOT EXISTS excluded (
+    scope_prefix TEXT NOT NULL,        -- e.g. discord:GUILD:
+    channel TEXT NOT NULL,             -- a channel an admin took out of search
+    PRIMARY KEY (scope_prefix, channel)
+);
+CREATE TABLE IF NOT EXISTS finds (
+    id TEXT PRIMARY KEY,               -- a /find query, kept so its buttons work after a restart
+    data TEXT NOT NULL                 -- JSON
+);
+CREATE TABLE IF NOT EXISTS scans (
+    scope TEXT PRIMARY KEY,            -- a channel's scope
+    newest INTEGER,                    -- newest message id seen
+    oldest INTEGER,                    -- oldest message id reached going back
+    complete INTEGER NOT NULL DEFAULT 0  -- 1 once the scan reached the start of the history
+);
+"""
+
+# Columns added after the first release: (table, column, declaration). Rows that predate them get "now".
+_ADDED_COLUMNS = (
+    ("finds", "created", "REAL NOT NULL DEFAULT 0"),  # unix time; kept index.retention_days
+    ("vectors", "added", "REAL NOT NULL DEFAULT 0"),  # unix time of the last write
+)
+
+
+@dataclass(frozen=True)
+class ScanState:
+    newest: int | None = None
+    oldest: int | None = None
+    complete: bool = False
+
+
+@dataclass(frozen=True)
+class Hit:
+    scope: str
+    key: str
+    score: float  # cosine similarity to the query
+    meta: dict[str, Any]
+
+
+def message_of(key: str) -> str | None:
+    """The message id a Discord item key ("MESSAGE/ATTACHMENT") belongs to; None for a folder path."""
+    head, sep, _ = key.partition("/")
+    return head if sep and head.isdigit() else None
+
+
+class ImageIndex:
+    """The image index on one SQLite file; any number of processes may open the same file."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        config: IndexConfig | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self.config = config or IndexConfig()
+        self.clock = clock  # unix seconds; injectable so retention is testable
+        self._db = connect(self.path, _SCHEMA)
+        self._lock = threading.RLock()
+        self._migrate()
+        self._search = SearchCache(self._db, self.config.search_memory_mib * 2**20)
+        self._pruned_at = -float("inf")
+        self.prune()
+
+    def _migrate(self) -> None:
+        with self._lock, transaction(self._db):
+            for table, column, decl in _ADDED_COLUMNS:
+                have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+                    self._db.execute(f"UPDATE {table} SET {column} = ?", (self.clock(),))
+
+    def close(self) -> None:
+        with self._lock:
+            self._search.clear()
+            self._db.close()
+
+    def __enter__(self) -> ImageIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- retention ---------------------------------------------------------------------------------
+    def prune(self) -> None:
+        """Drop what outlived its retention: saved queries, orphan query vectors, tombstones, old log."""
+        now = self.clock()
+        keep_s = self.config.retention_days * DAY_S
+        with self._lock, transaction(self._db):
+            self._pruned_at = now
+            self._db.execute("DELETE FROM finds WHERE created < ?", (now - keep_s,))
+            # A query image's vector is referenced by no item; it lives as long as a find that names it.
+            self._db.execute(
+                "DELETE FROM vectors WHERE added < ? AND content_hash NOT IN "
+                "(SELECT content_hash FROM items WHERE content_hash IS NOT NULL) AND content_hash NOT IN "
+                "(SELECT json_extract(data, '$.image_hash') FROM finds "
+                "WHERE json_extract(data, '$.image_hash') IS NOT NULL)",
+                (now - keep_s,),
+            )
+            self._db.execute(
+                "DELETE FROM tombstones WHERE deleted_at < ?", (now - self.config.tombstone_days * DAY_S,)
+            )
+            self._db.execute(
+                "DELETE FROM changes WHERE seq <= (SELECT MAX(seq) FROM changes) - ?", (CHANGES_KEPT,)
+            )
+
+    def _maybe_prune(self) -> None:
+        if self.clock() - self._pruned_at >= PRUNE_EVERY_S:
+            self.prune()
+
+    # -- vectors -----------------------------------------------------------------------------------
+    def missing_vectors(self, hashes: Iterable[str], model_id: str) -> set[str]:
+        wanted = set(hashes)
+        with self._lock:
+            have = {
+                row[0]
+                for chunk in chunks(sorted(wanted), 500)
+                for row in self._db.execute(
+                    f"SELECT content_hash FROM vectors WHERE model_id = ? AND content_hash IN ({qs(chunk)})",
+                    (model_id, *chunk),
+                )
+            }
+        return wanted - have
+
+    def put_vectors(self, model_id: str, vectors: dict[str, np.ndarray]) -> None:
+        now = self.clock()
+        rows = [(h, model_id, np.asarray(v, dtype="<f2").tobytes(), now) for h, v in vectors.items()]
+        with self._lock, transaction(self._db):
+            self._db.executemany(
+                "INSERT OR REPLACE INTO vectors (content_hash, model_id, vector, added) VALUES (?, ?, ?, ?)",
+                rows,
+            )
+
+    def vector(self, content_hash: str, model_id: str) -> np.ndarray | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT vector FROM vectors WHERE content_hash = ? AND model_id = ?", (content_hash, model_id)
+            ).fetchone()
+        return np.frombuffer(row[0], dtype="<f2").astype(np.float32) if row else None
+
+    # -- items -------------------------------------------------------------------------------------
+    def items(self, scope: str) -> dict[str, tuple[str | None, str, dict[str, Any]]]:
+        """key → (content hash, status, meta) for every item of a scope (decodes every row; see `known`)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, content_hash, status, meta FROM items WHERE scope = ?", (scope,)
+            ).fetchall()
+        return {k: (h, s, json.loads(m)) for k, h, s, m in rows}
+
+    def known(self, scope: str, keys: Iterable[str]) -> set[str]:
+        """Which of `keys` are indexed in `scope` (ok or bad), or belong to a message deleted from it."""
+        keys = list(dict.fromkeys(keys))
+        messages = sorted({m for k in keys if (m := message_of(k)) is not None})
+        with self._lock:
+            out = {
+                row[0]
+                for chunk in chunks(keys, 500)
+                for row in self._db.execute(
+                    f"SELECT key FROM items WHERE scope = ? AND key IN ({qs(chunk)})", (scope, *chunk)
+                )
+            }
+            dead = {
+                row[0]
+                for chunk in chunks(messages, 500)
+                for row in self._db.execute(
+                    f"SELECT message FROM tombstones WHERE scope = ? AND message IN ({qs(chunk)})",
+                    (scope, *chunk),
+                )
+            }
+        return out | {k for k in keys if message_of(k) in dead}
+
+    def upsert(
+        self,
+        scope: str,
+        key: str,
+        content_hash: str | None,
+        meta: dict[str, Any],
+        status: str = "ok",
+        thumb: bytes | None = None,
+    ) -> bool:
+        """Add or update an item; False (and nothing written) when its message was deleted: a delete wins.
+
+        `thumb` replaces the stored thumbnail; None keeps it only while the content stays the same."""
+        message = message_of(key)
+        with self._lock, transaction(self._db):
+            if (
+                message is not None
+                and self._db.execute(
+                    "SELECT 1 FROM tombstones WHERE scope = ? AND message = ?", (scope, message)
+                ).fetchone()
+            ):
+                return False
+            old = self._db.execute(
+                "SELECT content_hash FROM items WHERE scope = ? AND key = ?", (scope, key)
+            ).fetchone()
+            # An upsert, not INSERT OR REPLACE: the row keeps its rowid, which the search structures hold.
+            self._db.execute(
+                "INSERT INTO items (scope, key, content_hash, status, meta) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (scope, key) DO UPDATE SET content_hash = excluded.content_hash, "
+                "status = excluded.status, meta = excluded.meta",
+                (scope, key, content_hash, status, json.dumps(meta)),
+            )
+            if thumb is not None:
+                self._db.execute("INSERT OR REPLACE INTO thumbs VALUES (?, ?, ?)", (scope, key, thumb))
+            elif old is not None and old[0] != content_hash:
+                self._db.execute("DELETE FROM thumbs WHERE scope = ? AND key = ?", (scope, key))
+        return True
+
+    def thumbnail(self, scope: str, key: str) -> bytes | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT data FROM thumbs WHERE scope = ? AND key = ?", (scope, key)
+            ).fetchone()
+        return bytes(row[0]) if row else None
+
+    def remove(self, scope: str, keys: Sequence[str]) -> int:
+        with self._lock, transaction(self._db):
+            n = 0
+            for chunk in chunks(list(keys), 500):
+                n += self._db.execute(
+                    f"DELETE FROM items WHERE scope = ? AND key IN ({qs(chunk)})", (scope, *chunk)
+                ).rowcount
+            return n
+
+    def remove_prefix(self, scope: str, prefix: str) -> int:
+        """Remove the items of `scope` whose key starts with `prefix` (e.g. every image of one message)."""
+        with self._lock, transaction(self._db):
+            return self._remove_prefix(scope, prefix)
+
+    def _remove_prefix(self, scope: str, prefix: str) -> int:
+        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        n = self._db.execute(
+            "DELETE FROM items WHERE scope = ? AND key LIKE ? ESCAPE '\\'", (scope, pattern)
+        ).rowcount
+        return int(n)
+
+    def delete_messages(self, scope: str, message_ids: Iterable[int | str]) -> int:
+        """Remove every item of these messages and remember them (index.tombstone_days), so that a scan
+        still holding one of them cannot add it back: a delete always wins."""
+        ids = sorted({str(int(m)) for m in message_ids})
+        now = self.clock()
+        with self._lock, transaction(self._db):
+            n = sum(self._remove_prefix(scope, f"{m}/") for m in ids)
+            self._db.executemany(
+                "INSERT OR REPLACE INTO tombstones VALUES (?, ?, ?)", [(scope, m, now) for m in ids]
+            )
+        self._maybe_prune()
+        return n
+
+    def remove_scope(self, scope: str) -> int:
+        """Forget a whole scope (a deleted channel): its items and its scan state."""
+        with self._lock, transaction(self._db):
+            n = self._db.execute("DELETE FROM items WHERE scope = ?", (scope,)).rowcount
+            self._db.execute("DELETE FROM scans WHERE scope = ?", (scope,))
+            return int(n)
+
+    def scopes(self, prefix: str) -> list[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT scope FROM items WHERE scope LIKE ?", (prefix + "%",))
+            return [r[0] for r in rows]
+
+    def set_excluded(self, scope_prefix: str, channel: str, excluded: bool) -> None:
+        with self._lock:
+            if excluded:
+                self._db.execute("INSERT OR IGNORE INTO excluded VALUES (?, ?)", (scope_prefix, channel))
+            else:
+                self._db.execute(
+                    "DELETE FROM excluded WHERE scope_prefix = ? AND channel = ?", (scope_prefix, channel)
+                )
+
+    def excluded(self, scope_prefix: str) -> set[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT channel FROM excluded WHERE scope_prefix = ?", (scope_prefix,))
+            return {r[0] for r in rows}
+
+    def missing_for_model(self, scope: str, model_id: str) -> list[tuple[str, dict[str, Any]]]:
+        """Items of `scope` with no vector for `model_id` yet (after a model change): (key, meta)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT i.key, i.meta FROM items i LEFT JOIN vectors v ON v.content_hash = i.content_hash "
+                "AND v.model_id = ? WHERE i.scope = ? AND i.status = 'ok' AND v.content_hash IS NULL",
+                (model_id, scope),
+            ).fetchall()
+        return [(k, json.loads(m)) for k, m in rows]
+
+    # -- saved queries and scan state --------------------------------------------------------------
+    def save_find(self, find_id: str, data: dict[str, Any]) -> None:
+        """Keep a query (index.retention_days); `data["image_hash"]` keeps that query vector alive too."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO finds (id, data, created) VALUES (?, ?, ?)",
+                (find_id, json.dumps(data), self.clock()),
+            )
+        self._maybe_prune()
+
+    def get_find(self, find_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT data FROM finds WHERE id = ?", (find_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def scan_state(self, scope: str) -> ScanState:
+        with self._lock:
+            q = "SELECT newest, oldest, complete FROM scans WHERE scope = ?"
+            row = self._db.execute(q, (scope,)).fetchone()
+        return ScanState(row[0], row[1], bool(row[2])) if row else ScanState()
+
+    def set_scan_state(self, scope: str, state: ScanState) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO scans VALUES (?, ?, ?, ?)",
+                (scope, state.newest, state.oldest, int(state.complete)),
+            )
+
+    def count(self, scope: str | None = None) -> int:
+        with self._lock:
+            if scope is None:
+                return int(self._db.execute("SELECT COUNT(*) FROM items WHERE status = 'ok'").fetchone()[0])
+            q = "SELECT COUNT(*) FROM items WHERE status = 'ok' AND scope = ?"
+            return int(self._db.execute(q, (scope,)).fetchone()[0])
+
+    # -- search ------------------------------------------------------------------------------------
+    def search(self, query: np.ndarray, scopes: Sequence[str], model_id: str, k: int = 10) -> list[Hit]:
+        """Top-k items of `scopes` by cosine similarity to the unit vector `query`.
+
+        Each server (or folder) has one in-memory structure; `scopes` is a filter over it, exact."""
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        by_group: dict[str, list[str]] = {}
+        for s in dict.fromkeys(scopes):
+            by_group.setdefault(group_of(s), []).append(s)
+        with self._lock:
+            found = [
+                hit
+                for group, allowed in by_group.items()
+                for hit in self._search.top(group, model_id, allowed, q, k)
+            ]
+            found.sort(key=lambda h: -h[0])
+            found = found[:k]
+            rows: dict[int, tuple[str, str, str]] = {
+                r[0]: (r[1], r[2], r[3])
+                for chunk in chunks([h[1] for h in found], 500)
+                for r in self._db.execute(
+                    f"SELECT rowid, scope, key, meta FROM items WHERE rowid IN ({qs(chunk)})", chunk
+                )
+            }
+        # An item deleted between scoring and this read is simply left out.
+        hits = [Hit(*rows[rid][:2], score, json.loads(rows[rid][2])) for score, rid in found if rid in rows]
+        hits.sort(key=lambda h: (-h.score, h.scope, h.key))
+        return hits
+
+    def search_stats(self) -> dict[str, int]:
+        """What the in-memory search structures hold: bytes, vectors, loads and delta updates so far."""
+        with self._lock:
+            return self._search.stats()
