@@ -16,8 +16,9 @@ from PIL import Image
 from bot.app import IrisBot
 from iris.config import parse_config
 from tests.conftest import engine_for
-from tests.fake_discord import FakeDiscord
+from tests.fake_discord import FakeDiscord, OutsideHost
 from tests.fake_discord.models import MANAGE_MESSAGES
+from tests.photos import session_photos
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,3 +91,16 @@ def bomb() -> bytes:
         + chunk(b"IDAT", zlib.compress(b"\0" * 64))
         + chunk(b"IEND", b"")
     )
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory):
+    """Realistic photos (tests/photos.py), each generated once per test session."""
+    return session_photos(tmp_path_factory)
+
+
+@pytest.fixture
+async def outside():
+    """A host outside Discord that counts every request (`outside.hits`), for embeds that point at it."""
+    async with OutsideHost() as host:
+        yield host
