@@ -121,9 +121,8 @@ class GroupVectors:
     def add(self, scope: str, rowids: np.ndarray, vecs: np.ndarray) -> None:
         self.dim = self.dim or vecs.shape[1]  # an empty group learns its dimension from its first rows
         block = self.blocks.get(scope)
-        if block is None:
-            m = len(rowids)
-            block = self.blocks[scope] = Block(self.dim, m + max(MIN_ROOM, m // SLACK))
+        if block is None:  # a load sizes blocks exactly; room is made when rows are appended later
+            block = self.blocks[scope] = Block(self.dim, len(rowids))
         block.append(rowids, vecs)
 
     def top(self, scopes: Iterable[str], q: np.ndarray, k: int) -> list[tuple[float, int]]:

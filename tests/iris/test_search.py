@@ -1,0 +1,190 @@
+"""The search structure: one fp16 copy per server whatever the permissions, exact filtered top-k, deltas
+instead of rebuilds, another process's writes seen, a memory bound that evicts and reloads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from iris.config import IndexConfig
+from iris.index import ImageIndex
+from iris.index import search as search_mod
+
+DIM = 32
+MODEL = "m"
+
+
+def unit_rows(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)  # (n, dim)
+
+
+def fill(
+    index: ImageIndex, rng: np.random.Generator, n: int, channels: int, guild: str = "1", dim: int = DIM
+) -> dict:
+    """n items over `channels` channels of a server; returns {(scope, key): fp16 vector} as stored."""
+    vecs = unit_rows(rng, n, dim)
+    index.put_vectors(MODEL, {f"h{guild}-{i}": vecs[i] for i in range(n)})
+    truth = {}
+    for i in range(n):
+        scope, key = f"discord:{guild}:{100 + i % channels}", f"{1000 + i}/a"
+        index.upsert(scope, key, f"h{guild}-{i}", {"i": i})
+        truth[(scope, key)] = vecs[i].astype(np.float16)
+    return truth
+
+
+def brute(truth: dict, q: np.ndarray, scopes: list[str], k: int) -> list[tuple[str, str]]:
+    """Top-k by a plain float32 dot product over every allowed item (query rounded to fp16 as stored)."""
+    q = q.astype(np.float16).astype(np.float32)
+    rows = [(sk, float(v.astype(np.float32) @ q)) for sk, v in truth.items() if sk[0] in scopes]
+    rows.sort(key=lambda r: (-r[1], r[0]))
+    return [sk for sk, _ in rows[:k]]
+
+
+@pytest.fixture(params=["simsimd", "numpy"])
+def kernel(request, monkeypatch):
+    """Both scoring paths: simsimd where installed, and the numpy fallback."""
+    if request.param == "simsimd" and search_mod.simsimd is None:
+        pytest.skip("simsimd is not installed")
+    if request.param == "numpy":
+        monkeypatch.setattr(search_mod, "simsimd", None)
+    return request.param
+
+
+def test_filtered_search_equals_brute_force_through_appends_and_deletes(tmp_path, kernel):
+    rng = np.random.default_rng(1)
+    with ImageIndex(tmp_path / "i.sqlite3") as index:
+        truth = fill(index, rng, 600, channels=12)
+        every = sorted({s for s, _ in truth})
+
+        def check(rounds: int) -> None:
+            for _ in range(rounds):
+                allowed = [s for s in every if rng.random() < 0.6] or every[:1]
+                q, k = unit_rows(rng, 1)[0], int(rng.integers(1, 40))
+                hits = index.search(q, allowed, MODEL, k=k)
+                assert [(h.scope, h.key) for h in hits] == brute(truth, q, allowed, k)
+                assert all(h.scope in allowed for h in hits)
+                assert all(h.meta == {"i": int(h.key.split("/")[0]) - 1000} for h in hits)
+
+        check(10)
+        # deletes (single items, whole messages, a whole channel), re-added content, new items
+        for scope, key in list(truth)[::7]:
+            index.remove(scope, [key])
+            del truth[(scope, key)]
+        gone = [int(key.split("/")[0]) for scope, key in truth if scope == every[3]][:5]
+        index.delete_messages(every[3], gone)
+        for m in gone:
+            del truth[(every[3], f"{m}/a")]
+        index.remove_scope(every[5])
+        truth = {sk: v for sk, v in truth.items() if sk[0] != every[5]}
+        check(10)
+        more = unit_rows(rng, 80)
+        index.put_vectors(MODEL, {f"new{i}": more[i] for i in range(80)})
+        for i in range(80):
+            scope = every[i % 12]
+            index.upsert(scope, f"{5000 + i}/a", f"new{i}", {"i": 4000 + i})
+            truth[(scope, f"{5000 + i}/a")] = more[i].astype(np.float16)
+        # an item whose content changes, and one that turns bad
+        scope, key = next(iter(truth))
+        index.upsert(scope, key, "new0", {"i": int(key.split("/")[0]) - 1000})
+        truth[(scope, key)] = more[0].astype(np.float16)
+        scope, key = list(truth)[1]
+        index.upsert(scope, key, None, {}, status="bad")
+        del truth[(scope, key)]
+        check(10)
+        stats = index.search_stats()
+        assert stats["loads"] == 1  # the server was loaded once; every write after came in as a delta
+        assert stats["vectors"] == len(truth)
+
+
+def test_one_copy_per_server_whatever_the_permissions(tmp_path):
+    """Six members with six different sets of readable channels share the server's one fp16 copy."""
+    rng = np.random.default_rng(2)
+    with ImageIndex(tmp_path / "i.sqlite3") as index:
+        truth = fill(index, rng, 4000, channels=10, dim=128)
+        every = sorted({s for s, _ in truth})
+        q = unit_rows(rng, 1, 128)[0]
+        members = [[s for i, s in enumerate(every) if (i + m) % 3] for m in range(6)]
+        tracemalloc.start()
+        try:
+            index.search(q, every, MODEL, k=5)
+            one, _ = tracemalloc.get_traced_memory()
+            answers = [index.search(q, allowed, MODEL, k=5) for allowed in members]
+            six, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        for allowed, hits in zip(members, answers, strict=True):
+            assert [(h.scope, h.key) for h in hits] == brute(truth, q, allowed, 5)
+        raw = 4000 * 128 * 2  # the fp16 vectors themselves
+        assert six - one < 0.1 * raw  # the 30 answers held, and no second copy per permission set
+        assert one <= 1.3 * raw + 200_000  # resident: fp16, small spare room, no float32 copy
+        stats = index.search_stats()
+        assert stats["bytes"] <= 1.3 * raw and stats["loads"] == 1
+
+
+def test_another_connection_delete_is_seen_by_the_next_search(tmp_path):
+    rng = np.random.default_rng(3)
+    path = tmp_path / "i.sqlite3"
+    with ImageIndex(path) as bot, ImageIndex(path) as cli:
+        truth = fill(bot, rng, 200, channels=4)
+        every = sorted({s for s, _ in truth})
+        q = unit_rows(rng, 1)[0]
+        first = bot.search(q, every, MODEL, k=3)[0]
+        cli.delete_messages(first.scope, [first.key.split("/")[0]])
+        assert (first.scope, first.key) not in {(h.scope, h.key) for h in bot.search(q, every, MODEL, k=3)}
+        cli.upsert(first.scope, "9999/a", "h1-0", {})  # and an addition by the other side
+        assert "9999/a" in {h.key for h in bot.search(truth[(every[0], "1000/a")], every, MODEL, k=2)}
+        assert bot.search_stats()["loads"] == 1
+
+
+def test_another_process_delete_is_seen(tmp_path):
+    rng = np.random.default_rng(4)
+    path = tmp_path / "i.sqlite3"
+    with ImageIndex(path) as bot:
+        truth = fill(bot, rng, 100, channels=2)
+        every = sorted({s for s, _ in truth})
+        q = unit_rows(rng, 1)[0]
+        first = bot.search(q, every, MODEL, k=1)[0]
+        code = (
+            "import sys; from iris.index import ImageIndex\n"
+            "with ImageIndex(sys.argv[1]) as ix: ix.remove(sys.argv[2], [sys.argv[3]])"
+        )
+        subprocess.run([sys.executable, "-c", code, str(path), first.scope, first.key], check=True)
+        assert first.key not in {h.key for h in bot.search(q, every, MODEL, k=5)}
+
+
+def test_memory_bound_evicts_least_recent_server_and_reloads_it(tmp_path):
+    rng = np.random.default_rng(5)
+    one_server = 300 * DIM * 2
+    config = IndexConfig(search_memory_mib=1)
+    with ImageIndex(tmp_path / "i.sqlite3", config) as index:
+        index._search.max_bytes = int(1.6 * one_server)  # room for one server and a bit, not two
+        servers = {g: fill(index, rng, 300, channels=3, guild=g) for g in ("1", "2")}
+        q = unit_rows(rng, 1)[0]
+        for g in ("1", "2", "1"):
+            scopes = sorted({s for s, _ in servers[g]})
+            hits = index.search(q, scopes, MODEL, k=4)
+            assert [(h.scope, h.key) for h in hits] == brute(servers[g], q, scopes, 4)
+            assert index.search_stats()["groups"] == 1
+        stats = index.search_stats()
+        assert stats["loads"] == 3 and stats["evictions"] == 2 and stats["bytes"] <= 1.6 * one_server
+
+
+def test_a_search_over_two_servers_and_a_folder_merges_them(tmp_path):
+    rng = np.random.default_rng(6)
+    with ImageIndex(tmp_path / "i.sqlite3") as index:
+        truth = fill(index, rng, 100, channels=2, guild="1") | fill(index, rng, 100, channels=2, guild="2")
+        vecs = unit_rows(rng, 20)
+        index.put_vectors(MODEL, {f"f{i}": vecs[i] for i in range(20)})
+        for i in range(20):
+            index.upsert("folder:/pics", f"sub/{i}.png", f"f{i}", {})
+            truth[("folder:/pics", f"sub/{i}.png")] = vecs[i].astype(np.float16)
+        scopes = ["discord:1:100", "discord:2:101", "folder:/pics"]
+        q = unit_rows(rng, 1)[0]
+        hits = index.search(q, scopes, MODEL, k=15)
+        assert [(h.scope, h.key) for h in hits] == brute(truth, q, scopes, 15)
+        assert index.search_stats()["groups"] == 3
