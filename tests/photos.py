@@ -56,12 +56,12 @@ class PhotoSpec:
 
 # What breaks decoders and resizers, each a real photo of its kind.
 ODD: dict[str, PhotoSpec] = {
-    "portrait": PhotoSpec(101, 3000, 4000, 3 * MB),
+    "portrait": PhotoSpec(101, 2250, 3000, 2 * MB),
     "panorama": PhotoSpec(102, 4000, 1000, 1 * MB),
     "png_alpha": PhotoSpec(103, 1200, 900, None, "png_alpha"),
     "progressive": PhotoSpec(104, 2048, 1536, 1 * MB, "progressive"),
     "cmyk": PhotoSpec(105, 1600, 1200, None, "cmyk"),
-    "exif_rotated": PhotoSpec(106, 4000, 3000, 2 * MB, "exif_rotated"),  # shown as 3000 × 4000
+    "exif_rotated": PhotoSpec(106, 2048, 1536, 1 * MB, "exif_rotated"),  # shown as 1536 × 2048
     "strip": PhotoSpec(107, 16, 40_000, None, "png"),
 }
 
@@ -84,14 +84,16 @@ def corpus(n: int, *, seed: int = 0, max_bytes: int | None = None, over_cap: int
             if max_bytes is None:
                 raise ValueError("over_cap needs max_bytes")
             target = int(max_bytes * rng.uniform(1.1, 1.4))
-            side = math.sqrt(max(target, 1) / 0.55 / 12)  # ~0.55 bytes per pixel at this grain
+            side = math.sqrt(max(target, 1) / 0.3 / 12)  # ~0.3 bytes per pixel with a light grain
             w = max(64, min(4000, int(side * 4)))
             specs.append(PhotoSpec(seed * 100_000 + i, w, w * 3 // 4, target))
             continue
         w, h, lo, hi = rng.choice(_SHAPES)
         target = int(rng.uniform(lo, hi))
-        if max_bytes is not None:
-            target = min(target, int(max_bytes * 0.8))  # ordinary photos stay under the cap
+        if max_bytes is not None and target > max_bytes * 0.8:  # ordinary photos stay under the cap:
+            target = int(max_bytes * rng.uniform(0.5, 0.8))  # smaller, as a chat app would resize them
+            scale = math.sqrt(target / lo)
+            w, h = max(64, int(w * scale)), max(48, int(h * scale))
         specs.append(PhotoSpec(seed * 100_000 + i, w, h, target))
     return specs
 

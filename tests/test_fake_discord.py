@@ -11,12 +11,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import discord
+import numpy as np
 import pytest
 from discord.ext import commands
-from PIL import Image
+from PIL import Image, ImageFilter, ImageOps
 
 from tests.fake_discord import GONE, Channel, FakeDiscord, Guild, Member, OutsideHost
-from tests.photos import MB, Photos, PhotoSpec, session_photos
+from tests.photos import MB, ODD, Photos, PhotoSpec, corpus, render, session_photos
 
 
 @dataclass
@@ -411,17 +412,21 @@ async def test_cdn_sends_a_multi_megabyte_photo_in_many_chunked_pieces(world: Wo
     assert await seen.attachments[0].read() == data
 
 
-async def test_cdn_sends_content_length_for_a_file_that_asks_for_it(world: World, photos: Photos):
+async def test_cdn_sends_content_length_by_default_or_for_a_file_that_asks(world: World, photos: Photos):
     fake = world.fake
     spec = PhotoSpec(8, 1600, 1200, 600_000)
-    message = await fake.post_message(world.channel, world.alice, attachments=[photos.attachment(spec)])
-    attachment = message.attachments[0]
-    attachment.content_length = True
+    message = await fake.post_message(world.channel, world.alice, attachments=[photos.attachment(spec)] * 2)
+    per_file, default = message.attachments
+    per_file.content_length = True
 
-    status, headers, pieces = await _get(attachment.url)
-
-    assert status == 200 and headers["Content-Length"] == str(attachment.size)
-    assert "Transfer-Encoding" not in headers and b"".join(pieces) == attachment.data
+    for attachment, with_length in ((per_file, True), (default, False), (default, True)):
+        fake.cdn.content_length = with_length and attachment is default
+        status, headers, pieces = await _get(attachment.url)
+        assert status == 200 and b"".join(pieces) == attachment.data
+        if with_length:
+            assert headers["Content-Length"] == str(attachment.size) and "Transfer-Encoding" not in headers
+        else:
+            assert headers["Transfer-Encoding"] == "chunked" and "Content-Length" not in headers
 
 
 async def test_signed_links_expire_on_the_fake_clock_and_a_refetch_signs_them_again(world: World):
@@ -452,7 +457,12 @@ async def test_signed_links_expire_on_the_fake_clock_and_a_refetch_signs_them_ag
         assert (status, b"".join(body).decode()) == (404, GONE)
     new = (await bot_channel.fetch_message(message.id)).attachments[0]  # type: ignore[union-attr]
     assert new.url != old.url
-    for url in (new.url, new.proxy_url):
+    route = discord.http.Route("POST", "/attachments/refresh-urls")
+    answer = await world.bot.http.request(route, json={"attachment_urls": [old.url, old.proxy_url, bare]})
+    refreshed = [r["refreshed"] for r in answer["refreshed_urls"]]
+    assert [r["original"] for r in answer["refreshed_urls"]] == [old.url, old.proxy_url, bare]
+    assert urlsplit(refreshed[1]).path == urlsplit(old.proxy_url).path
+    for url in (new.url, new.proxy_url, *refreshed):
         status, _, body = await _get(url)
         assert status == 200 and b"".join(body) == message.attachments[0].data
     assert fake.count_requests("GET", r"^/(cdn|media)/attachments/", status=404) == 5
@@ -498,3 +508,34 @@ def _png() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (8, 4), (200, 30, 30)).save(buf, "PNG")
     return buf.getvalue()
+
+
+async def test_photos_are_real_photos_at_real_sizes_and_in_odd_shapes(photos: Photos):
+    cap = 500_000
+    specs = corpus(3, seed=5, max_bytes=cap, over_cap=1)
+    over, *ordinary = specs
+    for spec in specs:
+        data = photos.get(spec)
+        image = Image.open(io.BytesIO(data))
+        assert (image.format, image.size, image.mode) == ("JPEG", (spec.width, spec.height), "RGB")
+        assert spec.target_bytes and abs(len(data) - spec.target_bytes) <= 0.15 * spec.target_bytes
+        # A drawn scene, not noise: it has large-scale structure (noise averages out to flat grey at 1/16
+        # scale), and the sky is smooth at the top left.
+        assert np.asarray(image.convert("L").reduce(16), dtype=np.float32).std() > 25
+        sky = np.asarray(image.crop((0, 0, 32, 32)).filter(ImageFilter.BoxBlur(4)), dtype=np.float32)
+        assert sky.std(axis=(0, 1)).max() < 12
+    assert len(photos.get(over)) > cap > max(len(photos.get(s)) for s in ordinary)
+    assert photos.get(specs[1]) == render(specs[1])  # the same seed draws the same photo
+
+    def opened(name: str) -> Image.Image:
+        return Image.open(io.BytesIO(photos.odd(name)))
+
+    assert opened("portrait").height > opened("portrait").width
+    assert opened("panorama").width >= 4 * opened("panorama").height
+    alpha = opened("png_alpha")
+    assert alpha.mode == "RGBA" and alpha.getextrema()[3] == (0, 255)
+    assert opened("progressive").info.get("progressive") and opened("cmyk").mode == "CMYK"
+    rotated = opened("exif_rotated")
+    assert rotated.getexif()[0x0112] == 6
+    assert ImageOps.exif_transpose(rotated).size == ODD["exif_rotated"].display_size == (1536, 2048)
+    assert opened("strip").size == (16, 40_000)

@@ -74,6 +74,7 @@ class Cdn:
         self.lifetime_s: float = LINK_LIFETIME_S  # how long a signed link works after it is issued
         self.chunk_bytes = 32 * 1024  # size of each piece written to the socket
         self.delay_s = 0.001  # pause between pieces
+        self.content_length = False  # send a Content-Length header (else chunked), unless a file says
         self.external: dict[str, External] = {}  # by the digest in the proxy path
         self.cut_short = 0  # downloads the client abandoned before the end (a refused or capped read)
         self._key = secrets.token_bytes(32)
@@ -134,7 +135,20 @@ class Cdn:
         if attachment is None or served != attachment.path or not self.valid(attachment.path, request.query):
             return gone()
         content_type = attachment.content_type or "application/octet-stream"
-        return await self.send(request, attachment.data, content_type, with_length=attachment.content_length)
+        with_length = self.content_length if attachment.content_length is None else attachment.content_length
+        return await self.send(request, attachment.data, content_type, with_length=with_length)
+
+    def refresh(self, url: str) -> str:
+        """A freshly signed link to what `url` points at (same host); other URLs come back as they are."""
+        parts = urlsplit(url)
+        prefix, _, rest = parts.path.partition("/attachments/")
+        try:
+            attachment = self.attachments.get(int(rest.split("/")[1]))
+        except (IndexError, ValueError):
+            return url
+        if attachment is None or prefix not in ("/cdn", "/media"):
+            return url
+        return self.url(attachment) if prefix == "/cdn" else self.proxy_url(attachment)
 
     async def proxied(self, request: web.Request) -> web.StreamResponse:
         image = self.external.get(request.match_info["digest"])
@@ -142,7 +156,7 @@ class Cdn:
             return gone()
         if image.redirect_to is not None:
             return web.Response(status=302, headers={"Location": image.redirect_to})
-        return await self.send(request, image.data, image.content_type, with_length=False)
+        return await self.send(request, image.data, image.content_type, with_length=self.content_length)
 
     async def send(
         self, request: web.Request, data: bytes, content_type: str, *, with_length: bool

@@ -250,7 +250,7 @@ class Attachment:
     cdn: Cdn  # signs its links
     description: str | None = None
     dimensions: tuple[int, int] | None = None  # (width, height) for images, as Discord reports them
-    content_length: bool = False  # the CDN sends a Content-Length header (else chunked transfer encoding)
+    content_length: bool | None = None  # send a Content-Length (else chunked)? None: the CDN's default
 
     @property
     def size(self) -> int:

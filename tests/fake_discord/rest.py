@@ -20,7 +20,16 @@ from .models import (
     Guild,
     Message,
 )
-from .wire import APIError, Body, json_response, message_fields, no_content, read_body, require_content
+from .wire import (
+    APIError,
+    Body,
+    invalid_form,
+    json_response,
+    message_fields,
+    no_content,
+    read_body,
+    require_content,
+)
 
 if TYPE_CHECKING:
     from .server import FakeDiscord
@@ -83,6 +92,7 @@ class RestRoutes:
             ("PUT", message + "/reactions/{emoji}/@me", self.react),
             ("DELETE", message + "/reactions/{emoji}/@me", self.unreact),
             ("POST", channel + "/threads", self.create_thread),
+            ("POST", API + "/attachments/refresh-urls", self.refresh_urls),
             ("POST", message + "/threads", self.thread_from_message),
         ]
         for method, path, handler in routes:
@@ -318,3 +328,13 @@ class RestRoutes:
         name = (await request.json())["name"]
         thread = self.state.add_channel(parent.guild, name, "thread", parent=parent, channel_id=message.id)
         return json_response(thread.payload(), 201)
+
+    # -- attachment links --------------------------------------------------------------------------
+
+    async def refresh_urls(self, request: web.Request) -> web.Response:
+        """Fresh signed links for old (even expired) ones, as Discord's endpoint gives them."""
+        urls = (await request.json()).get("attachment_urls")
+        if not isinstance(urls, list) or not 1 <= len(urls) <= 50:
+            raise invalid_form("attachment_urls", "Must be between 1 and 50 in length.")
+        refreshed = [{"original": u, "refreshed": self.state.cdn.refresh(u)} for u in urls]
+        return json_response({"refreshed_urls": refreshed})
