@@ -201,6 +201,10 @@ async def measure(info: dict[str, Any], tmp: Path) -> dict[str, Any]:
     from models.clip import load_clip
 
     cfg = config(info, tmp)
+    warm = [Image.new("RGB", (224, 224), (i * 40, 90, 200)) for i in range(4)]
+    # The bare loop's CLIP, loaded before the bot logs in (loading blocks; the gateway would fall behind).
+    clip = load_clip(cfg.clip.preset, device=cfg.device, precision=cfg.precision, offline=True)
+    clip.encode_images(warm)
     Route.BASE = info["api_url"]
     DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(info["gateway_url"])
     bot = IrisBot(cfg, guild_ready_timeout=0.1)
@@ -214,7 +218,6 @@ async def measure(info: dict[str, Any], tmp: Path) -> dict[str, Any]:
         channel = bot.get_channel(info["channel"])
         cog: Any = bot.get_cog("Find")
         index = cog.discord_index
-        warm = [Image.new("RGB", (224, 224), (i * 40, 90, 200)) for i in range(4)]
         await bot.manager.embed_images(warm)  # first forward passes and thread start-up, outside the timing
         rss_before = rss_bytes()
 
@@ -229,8 +232,6 @@ async def measure(info: dict[str, Any], tmp: Path) -> dict[str, Any]:
 
         # The same files: fresh links from history (not timed), then the bare loop on its own CLIP.
         urls = [m.attachments[0].url async for m in channel.history(limit=None)]  # type: ignore[union-attr]
-        clip = load_clip(cfg.clip.preset, device=cfg.device, precision=cfg.precision, offline=True)
-        clip.encode_images(warm)
         bare_watch = Watch()
         count = 0
 

@@ -7,6 +7,10 @@ async with FakeDiscord() as fake:
     async with fake.run_bot(bot):
         interaction = await fake.invoke_slash("echo", user=alice, channel=channel, text="hi")
         reply = await interaction.wait_original()
+
+Attachments are served by a CDN that behaves like Discord's (see cdn.py): signed links that expire on the
+fake clock (a message fetched again carries fresh ones), files sent chunked in small delayed pieces, and a
+media proxy for embed images whose original URL is on another host (`fake.image_embed`, `OutsideHost`).
 """
 
 from .cdn import GONE, Cdn
