@@ -16,6 +16,7 @@ import logging
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,7 +30,7 @@ except ImportError:  # pragma: no cover - exercised where simsimd is not install
 log = logging.getLogger(__name__)
 
 SLACK = 8  # a full block grows by 1/SLACK of its size: spare room stays under 12.5 %
-MIN_ROOM = 64  # rows; the smallest growth step
+MIN_ROOM = 16  # rows; the smallest growth step
 COMPACT_DEAD = 4  # a block with more than 1/COMPACT_DEAD masked rows is compacted
 _NUMPY_CHUNK = 4096  # rows converted to float32 at a time by the numpy fallback
 
@@ -48,7 +49,8 @@ def dots(mat: np.ndarray, q16: np.ndarray, out: np.ndarray) -> None:
     if not len(mat):
         return
     if simsimd is not None:
-        simsimd.cdist(q16[None, :], mat, metric="dot", out=out[None, :], out_dtype="float32")
+        # Not cdist(out=...): in simsimd 6.5 that path drops a reference to None on every call.
+        out[:] = np.asarray(simsimd.cdist(q16[None, :], mat, metric="dot", out_dtype="float32"))[0]
         return
     q = q16.astype(np.float32)
     for lo in range(0, len(mat), _NUMPY_CHUNK):
@@ -125,34 +127,53 @@ class GroupVectors:
             block = self.blocks[scope] = Block(self.dim, len(rowids))
         block.append(rowids, vecs)
 
-    def top(self, scopes: Iterable[str], q: np.ndarray, k: int) -> list[tuple[float, int]]:
-        """The best k (score, item rowid) over the blocks of `scopes`, best first."""
-        blocks = [b for s in dict.fromkeys(scopes) if (b := self.blocks.get(s)) is not None and b.live]
-        total = sum(b.n for b in blocks)
-        if not total or k <= 0:
-            return []
-        if q.shape != (self.dim,):
-            raise ValueError(f"query has dimension {q.shape}, the index {self.dim}")
-        q16 = q.astype(np.float16)
-        scores = np.empty(total, dtype=np.float32)  # every allowed row's score, blocks end to end
-        starts = np.empty(len(blocks), dtype=np.int64)
-        at = 0
-        for i, b in enumerate(blocks):
-            starts[i] = at
-            out = scores[at : at + b.n]
-            dots(b.vecs[: b.n], q16, out)
-            if b.dead:
-                out[~b.alive[: b.n]] = -np.inf
-            at += b.n
-        k = min(k, total)
-        best = np.argpartition(-scores, k - 1)[:k] if k < total else np.arange(total)
-        best = best[np.argsort(-scores[best], kind="stable")]
-        which = np.searchsorted(starts, best, side="right") - 1
+    def views(self, scopes: Iterable[str]) -> list[View]:
+        """The rows of `scopes` as they are now: safe to score without the lock, while writes go on."""
         return [
-            (float(scores[j]), int(blocks[w].rowids[j - starts[w]]))
-            for j, w in zip(best.tolist(), which.tolist(), strict=True)
-            if scores[j] != -np.inf
+            View(b.vecs[: b.n], b.alive[: b.n].copy() if b.dead else None, b.rowids[: b.n])
+            for s in dict.fromkeys(scopes)
+            if (b := self.blocks.get(s)) is not None and b.live
         ]
+
+
+@dataclass(frozen=True)
+class View:
+    """A block frozen for one search. Appends write past its rows and compaction makes new arrays, so
+    its arrays never change under it; `alive` is a copy (None: every row alive)."""
+
+    vecs: np.ndarray  # (n, dim) float16
+    alive: np.ndarray | None  # (n,) bool
+    rowids: np.ndarray  # (n,) int64
+
+
+def top_k(views: Sequence[View], q: np.ndarray, k: int) -> list[tuple[float, int]]:
+    """The best k (score, item rowid) over the rows of `views`, best first."""
+    total = sum(len(v.rowids) for v in views)
+    if not total or k <= 0:
+        return []
+    if any(v.vecs.shape[1] != q.shape[0] for v in views):
+        raise ValueError(f"the query has {q.shape[0]} dimensions, the index {views[0].vecs.shape[1]}")
+    q16 = q.astype(np.float16)
+    scores = np.empty(total, dtype=np.float32)  # every allowed row's score, blocks end to end
+    starts = np.empty(len(views), dtype=np.int64)
+    at = 0
+    for i, v in enumerate(views):
+        n = len(v.rowids)
+        starts[i] = at
+        out = scores[at : at + n]
+        dots(v.vecs, q16, out)
+        if v.alive is not None:
+            out[~v.alive] = -np.inf
+        at += n
+    k = min(k, total)
+    best = np.argpartition(-scores, k - 1)[:k] if k < total else np.arange(total)
+    best = best[np.argsort(-scores[best], kind="stable")]
+    which = np.searchsorted(starts, best, side="right") - 1
+    return [
+        (float(scores[j]), int(views[w].rowids[j - starts[w]]))
+        for j, w in zip(best.tolist(), which.tolist(), strict=True)
+        if scores[j] != -np.inf
+    ]
 
 
 def _vectors(blobs: Sequence[bytes]) -> np.ndarray:
@@ -196,15 +217,14 @@ class SearchCache:
             "evictions": self.evictions,
         }
 
-    def top(
-        self, group: str, model_id: str, scopes: Sequence[str], q: np.ndarray, k: int
-    ) -> list[tuple[float, int]]:
+    def views(self, group: str, model_id: str, scopes: Sequence[str]) -> list[View]:
+        """The current rows of `scopes` (all in `group`), loading the group or applying the delta first."""
         self.catch_up()
         g = self._groups.get((group, model_id))
         if g is None:
             g = self._load(group, model_id)
         self._groups.move_to_end((group, model_id))
-        return g.top(scopes, q, k)
+        return g.views(scopes)
 
     # -- keeping up with the database ------------------------------------------------------------------
     def _last_seq(self) -> int:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from iris.config import IndexConfig
-from iris.index.search import SearchCache, group_of
+from iris.index.search import SearchCache, group_of, top_k
 from iris.index.sql import chunks, qs
 from iris.sqlite import connect, transaction
 
@@ -266,30 +266,41 @@ class ImageIndex:
         """Add or update an item; False (and nothing written) when its message was deleted: a delete wins.
 
         `thumb` replaces the stored thumbnail; None keeps it only while the content stays the same."""
-        message = message_of(key)
+        return not self.upsert_many(scope, [(key, content_hash, meta, status, thumb)])
+
+    def upsert_many(
+        self, scope: str, rows: Iterable[tuple[str, str | None, dict[str, Any], str, bytes | None]]
+    ) -> set[str]:
+        """`upsert` for many (key, content hash, meta, status, thumb) rows in one transaction.
+
+        Returns the keys refused because their message was deleted."""
+        refused = set()
         with self._lock, transaction(self._db):
-            if (
-                message is not None
-                and self._db.execute(
-                    "SELECT 1 FROM tombstones WHERE scope = ? AND message = ?", (scope, message)
+            for key, content_hash, meta, status, thumb in rows:
+                message = message_of(key)
+                if (
+                    message is not None
+                    and self._db.execute(
+                        "SELECT 1 FROM tombstones WHERE scope = ? AND message = ?", (scope, message)
+                    ).fetchone()
+                ):
+                    refused.add(key)
+                    continue
+                old = self._db.execute(
+                    "SELECT content_hash FROM items WHERE scope = ? AND key = ?", (scope, key)
                 ).fetchone()
-            ):
-                return False
-            old = self._db.execute(
-                "SELECT content_hash FROM items WHERE scope = ? AND key = ?", (scope, key)
-            ).fetchone()
-            # An upsert, not INSERT OR REPLACE: the row keeps its rowid, which the search structures hold.
-            self._db.execute(
-                "INSERT INTO items (scope, key, content_hash, status, meta) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (scope, key) DO UPDATE SET content_hash = excluded.content_hash, "
-                "status = excluded.status, meta = excluded.meta",
-                (scope, key, content_hash, status, json.dumps(meta)),
-            )
-            if thumb is not None:
-                self._db.execute("INSERT OR REPLACE INTO thumbs VALUES (?, ?, ?)", (scope, key, thumb))
-            elif old is not None and old[0] != content_hash:
-                self._db.execute("DELETE FROM thumbs WHERE scope = ? AND key = ?", (scope, key))
-        return True
+                # An upsert, not INSERT OR REPLACE: the row keeps its rowid, which search structures hold.
+                self._db.execute(
+                    "INSERT INTO items (scope, key, content_hash, status, meta) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (scope, key) DO UPDATE SET content_hash = excluded.content_hash, "
+                    "status = excluded.status, meta = excluded.meta",
+                    (scope, key, content_hash, status, json.dumps(meta)),
+                )
+                if thumb is not None:
+                    self._db.execute("INSERT OR REPLACE INTO thumbs VALUES (?, ?, ?)", (scope, key, thumb))
+                elif old is not None and old[0] != content_hash:
+                    self._db.execute("DELETE FROM thumbs WHERE scope = ? AND key = ?", (scope, key))
+        return refused
 
     def thumbnail(self, scope: str, key: str) -> bytes | None:
         with self._lock:
@@ -412,23 +423,25 @@ class ImageIndex:
         by_group: dict[str, list[str]] = {}
         for s in dict.fromkeys(scopes):
             by_group.setdefault(group_of(s), []).append(s)
+        with self._lock:  # the delta and the views; scoring itself runs without the lock
+            views = [v for g, allowed in by_group.items() for v in self._search.views(g, model_id, allowed)]
+        found = top_k(views, q, k)
         with self._lock:
-            found = [
-                hit
-                for group, allowed in by_group.items()
-                for hit in self._search.top(group, model_id, allowed, q, k)
-            ]
-            found.sort(key=lambda h: -h[0])
-            found = found[:k]
             rows: dict[int, tuple[str, str, str]] = {
                 r[0]: (r[1], r[2], r[3])
-                for chunk in chunks([h[1] for h in found], 500)
+                for chunk in chunks([rowid for _, rowid in found], 500)
                 for r in self._db.execute(
                     f"SELECT rowid, scope, key, meta FROM items WHERE rowid IN ({qs(chunk)})", chunk
                 )
             }
-        # An item deleted between scoring and this read is simply left out.
-        hits = [Hit(*rows[rid][:2], score, json.loads(rows[rid][2])) for score, rid in found if rid in rows]
+        # An item deleted between scoring and this read is left out; its rowid, if reused by then, must
+        # still name an allowed scope.
+        allowed = set(scopes)
+        hits = [
+            Hit(*rows[rid][:2], score, json.loads(rows[rid][2]))
+            for score, rid in found
+            if rid in rows and rows[rid][0] in allowed
+        ]
         hits.sort(key=lambda h: (-h.score, h.scope, h.key))
         return hits
 

@@ -116,3 +116,18 @@ def test_retention_survives_reopen_of_an_old_file(tmp_path, clock):
         clock.now += 2 * DAY
         index.prune()
         assert index.get_find("f") is None
+
+
+def test_upsert_many_writes_all_but_deleted_messages(index):
+    index.delete_messages("discord:1:2", [11])
+    refused = index.upsert_many(
+        "discord:1:2",
+        [
+            ("10/a", "h1", {"n": 1}, "ok", b"t1"),
+            ("11/a", "h2", {}, "ok", None),
+            ("12/a", None, {}, "bad", None),
+        ],
+    )
+    assert refused == {"11/a"}
+    assert index.items("discord:1:2") == {"10/a": ("h1", "ok", {"n": 1}), "12/a": (None, "bad", {})}
+    assert index.thumbnail("discord:1:2", "10/a") == b"t1"

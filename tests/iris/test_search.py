@@ -188,3 +188,15 @@ def test_a_search_over_two_servers_and_a_folder_merges_them(tmp_path):
         hits = index.search(q, scopes, MODEL, k=15)
         assert [(h.scope, h.key) for h in hits] == brute(truth, q, scopes, 15)
         assert index.search_stats()["groups"] == 3
+
+
+def test_scoring_leaves_reference_counts_alone(kernel):
+    """simsimd 6.5's cdist(out=...) dropped a reference to None per call: Python 3.11 dies after ~8,000."""
+    rng = np.random.default_rng(7)
+    mat, q = unit_rows(rng, 50).astype(np.float16), unit_rows(rng, 1)[0].astype(np.float16)
+    out = np.empty(50, dtype=np.float32)
+    before = sys.getrefcount(None)
+    for _ in range(500):
+        search_mod.dots(mat, q, out)
+    assert abs(sys.getrefcount(None) - before) < 50
+    np.testing.assert_allclose(out, mat.astype(np.float32) @ q.astype(np.float32), atol=1e-3)
