@@ -161,7 +161,7 @@ class Find(commands.Cog):
         while pending and (left := deadline - time.monotonic()) > 0:
             _, pending = await asyncio.wait(pending, timeout=min(PROGRESS_EVERY_S, left))
             reports = self.discord_index.running(scopes)
-            if pending and reports:
+            if pending and reports and time.monotonic() < deadline:  # else the answer comes next
                 indexed = sum(r.indexed for r in reports)
                 messages = sum(r.messages for r in reports)
                 await interaction.edit_original_response(

@@ -257,15 +257,18 @@ class DiscordIndex:
             fresh[res.content_hash] = res.image
             rows.append((ref.key, res.content_hash, meta, "ok", res.thumb))
         await self._embed(fresh, model_id)
-        await asyncio.to_thread(self._write, scope, rows)
-        report.indexed += sum(1 for r in rows if r[3] == "ok")
+        report.indexed += await asyncio.to_thread(self._write, scope, rows)
 
     def _write(
         self, scope: str, rows: list[tuple[str, str | None, dict[str, Any], str, bytes | None]]
-    ) -> None:
-        # In a worker thread. A message deleted meanwhile has a tombstone: the index ignores these upserts.
+    ) -> int:
+        """In a worker thread: the rows' upserts; how many readable images were written. A message
+        deleted meanwhile has a tombstone, and the index refuses its rows (a delete always wins)."""
+        written = 0
         for key, content_hash, meta, status, thumb in rows:
-            self.index.upsert(scope, key, content_hash, meta, status=status, thumb=thumb)
+            ok = self.index.upsert(scope, key, content_hash, meta, status=status, thumb=thumb)
+            written += int(ok and status == "ok")
+        return written
 
     async def _embed(self, images: dict[str, Image.Image], model_id: str) -> None:
         """Vectors for the images whose content this model has not embedded yet."""

@@ -1,0 +1,65 @@
+"""/find keeps memory and the event loop free: few decodes at once, images reduced while decoding, and
+every SQLite, numpy and PIL call in a worker thread."""
+
+from __future__ import annotations
+
+import threading
+
+import bot.find._scan as scan_module
+from tests.bot.test_find import find_bot, numbers, run_find
+from tests.photos import MB, corpus
+
+
+async def test_photos_are_decoded_few_at_a_time_and_small(w, photos, monkeypatch):
+    specs = corpus(4, seed=3, max_bytes=MB)
+    for spec in specs:
+        await w.fake.post_message(w.channel, w.alice, attachments=[photos.attachment(spec)])
+    decode = scan_module.load_image
+    lock, busy, most, sizes = threading.Lock(), [0], [0], []
+
+    def spy(*args, **kwargs):  # the real decoder, watched: how many run at once, what comes out
+        with lock:
+            busy[0] += 1
+            most[0] = max(most[0], busy[0])
+        try:
+            image = decode(*args, **kwargs)
+            sizes.append(image.size)
+            return image
+        finally:
+            with lock:
+                busy[0] -= 1
+
+    monkeypatch.setattr(scan_module, "load_image", spy)
+    async with find_bot(w, max_bytes=8 * MB, find_decode_concurrency=2) as bot:
+        report = await bot.get_cog("Find").discord_index.scan(bot.get_channel(w.channel.id))
+    assert report.indexed == 4, report.problems
+    assert most[0] <= 2
+    assert len(sizes) == 4 and all(min(s) == 224 and max(s) <= 4 * 224 for s in sizes), sizes
+
+
+async def test_index_work_never_runs_on_the_event_loop(w, photos):
+    for spec in corpus(3, seed=4, max_bytes=2 * MB):
+        await w.fake.post_message(w.channel, w.alice, attachments=[photos.attachment(spec)])
+    async with find_bot(w, max_bytes=8 * MB) as bot:
+        find = bot.get_cog("Find")
+        count = find.index.count  # for the test's own look, unwatched
+        loop_thread = threading.current_thread()
+        on_loop: list[str] = []
+        for name in dir(find.index):
+            method = getattr(find.index, name)
+            if name.startswith("_") or not callable(method) or name == "close":
+                continue
+
+            def watched(*args, _method=method, _name=name, **kwargs):
+                if threading.current_thread() is loop_thread:
+                    on_loop.append(_name)
+                return _method(*args, **kwargs)
+
+            setattr(find.index, name, watched)  # the real method, watched
+        reply = await run_find(w, w.channel, w.alice, query="a photo of mountains", k=3)
+        more = await w.fake.click(reply, "More like #1", user=w.alice)
+        await w.fake.wait_for(lambda: more.original if more.original and more.original.embeds else None)
+        await w.fake.post_message(w.channel, w.bob, attachments=[photos.attachment(corpus(1, seed=5)[0])])
+        await w.fake.wait_for(lambda: count() == 4, timeout=30)
+    assert len(numbers(reply)) == 3
+    assert on_loop == []
