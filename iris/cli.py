@@ -83,7 +83,7 @@ def cmd_find(args: argparse.Namespace) -> int:
         raise BadRequest("-k must be at least 1")
     engine = _engine(cfg)
     clip = engine.clip
-    with ImageIndex(args.index or cfg.index.path) as index:
+    with ImageIndex(args.index or cfg.index.path, cfg.index) as index:
         bar = _progress_bar("indexing", args.json)
         report = index_folder(
             index,

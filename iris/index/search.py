@@ -60,7 +60,7 @@ def dots(mat: np.ndarray, q16: np.ndarray, out: np.ndarray) -> None:
 class Block:
     """One scope's vectors: rows [0, n) used, `alive` False where an item was removed since."""
 
-    __slots__ = ("alive", "dead", "n", "rowids", "vecs")
+    __slots__ = ("alive", "dead", "max_rowid", "n", "rowids", "vecs")
 
     def __init__(self, dim: int, capacity: int) -> None:
         self.vecs = np.empty((capacity, dim), dtype=np.float16)  # (capacity, dim)
@@ -68,10 +68,15 @@ class Block:
         self.alive = np.ones(capacity, dtype=bool)
         self.n = 0
         self.dead = 0
+        self.max_rowid = -1  # no row above it: a brand-new item's rowid is skipped without a search
 
     @property
     def nbytes(self) -> int:
         return self.vecs.nbytes + self.rowids.nbytes + self.alive.nbytes
+
+    @property
+    def used_bytes(self) -> int:
+        return self.nbytes * self.n // max(1, len(self.rowids))
 
     @property
     def live(self) -> int:
@@ -95,8 +100,13 @@ class Block:
         self.rowids[self.n : self.n + m] = rowids
         self.alive[self.n : self.n + m] = True
         self.n += m
+        if m:
+            self.max_rowid = max(self.max_rowid, int(rowids.max()))
 
     def kill(self, rowids: np.ndarray) -> None:
+        rowids = rowids[rowids <= self.max_rowid]
+        if not len(rowids):
+            return
         hit = np.isin(self.rowids[: self.n], rowids) & self.alive[: self.n]
         if hit.any():
             self.alive[: self.n][hit] = False
@@ -117,14 +127,21 @@ class GroupVectors:
         return sum(b.nbytes for b in self.blocks.values())
 
     @property
+    def used_bytes(self) -> int:
+        return sum(b.used_bytes for b in self.blocks.values())
+
+    @property
     def live(self) -> int:
         return sum(b.live for b in self.blocks.values())
 
     def add(self, scope: str, rowids: np.ndarray, vecs: np.ndarray) -> None:
         self.dim = self.dim or vecs.shape[1]  # an empty group learns its dimension from its first rows
         block = self.blocks.get(scope)
-        if block is None:  # a load sizes blocks exactly; room is made when rows are appended later
-            block = self.blocks[scope] = Block(self.dim, len(rowids))
+        if block is None:
+            # Spare room from the start, so the first appends copy nothing (a large fresh allocation's
+            # pages that are never written are usually not even resident).
+            m = len(rowids)
+            block = self.blocks[scope] = Block(self.dim, m + max(MIN_ROOM, m // SLACK))
         block.append(rowids, vecs)
 
     def views(self, scopes: Iterable[str]) -> list[View]:
@@ -211,7 +228,8 @@ class SearchCache:
         return {
             "groups": len(self._groups),
             "vectors": sum(g.live for g in self._groups.values()),
-            "bytes": sum(g.nbytes for g in self._groups.values()),
+            "bytes": sum(g.nbytes for g in self._groups.values()),  # allocated, spare room included
+            "used_bytes": sum(g.used_bytes for g in self._groups.values()),  # rows in use
             "loads": self.loads,
             "updates": self.updates,
             "evictions": self.evictions,
@@ -224,6 +242,7 @@ class SearchCache:
         if g is None:
             g = self._load(group, model_id)
         self._groups.move_to_end((group, model_id))
+        self._enforce_bound(keep=(group, model_id))
         return g.views(scopes)
 
     # -- keeping up with the database ------------------------------------------------------------------
@@ -274,7 +293,6 @@ class SearchCache:
             if touched:
                 self._apply(g, model_id, touched)
                 self.updates += 1
-        self._enforce_bound(keep=None)
 
     def _apply(self, g: GroupVectors, model_id: str, touched: dict[str, set[int]]) -> None:
         """Mask every touched item, then append the ones that are (still) searchable."""
@@ -328,10 +346,9 @@ class SearchCache:
         loaded = g if g is not None else GroupVectors(0)
         self._groups[(group, model_id)] = loaded
         self.loads += 1
-        self._enforce_bound(keep=(group, model_id))
         return loaded
 
-    def _enforce_bound(self, keep: tuple[str, str] | None) -> None:
+    def _enforce_bound(self, keep: tuple[str, str]) -> None:
         """Drop least recently searched groups while over the bound; a lone group over it stays loaded
         (a search needs it whole) and is logged once."""
         total = sum(g.nbytes for g in self._groups.values())
@@ -342,7 +359,7 @@ class SearchCache:
                 continue
             total -= self._groups.pop(key).nbytes
             self.evictions += 1
-        if total > self.max_bytes and keep is not None and keep[0] not in self._warned:
+        if total > self.max_bytes and keep[0] not in self._warned:
             self._warned.add(keep[0])
             log.warning(
                 "search: %s alone holds %.0f MiB of vectors, over index.search_memory_mib (%.0f MiB)",

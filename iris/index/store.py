@@ -324,9 +324,12 @@ class ImageIndex:
             return self._remove_prefix(scope, prefix)
 
     def _remove_prefix(self, scope: str, prefix: str) -> int:
-        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        if not prefix:
+            return int(self._db.execute("DELETE FROM items WHERE scope = ?", (scope,)).rowcount)
+        # A key range, not LIKE: it walks the (scope, key) index instead of every key of the scope.
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
         n = self._db.execute(
-            "DELETE FROM items WHERE scope = ? AND key LIKE ? ESCAPE '\\'", (scope, pattern)
+            "DELETE FROM items WHERE scope = ? AND key >= ? AND key < ?", (scope, prefix, end)
         ).rowcount
         return int(n)
 
@@ -352,7 +355,12 @@ class ImageIndex:
 
     def scopes(self, prefix: str) -> list[str]:
         with self._lock:
-            rows = self._db.execute("SELECT DISTINCT scope FROM items WHERE scope LIKE ?", (prefix + "%",))
+            if not prefix:
+                return [r[0] for r in self._db.execute("SELECT DISTINCT scope FROM items")]
+            end = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # a range: exact (LIKE folds case, '_' matches all)
+            rows = self._db.execute(
+                "SELECT DISTINCT scope FROM items WHERE scope >= ? AND scope < ?", (prefix, end)
+            )
             return [r[0] for r in rows]
 
     def set_excluded(self, scope_prefix: str, channel: str, excluded: bool) -> None:
