@@ -22,7 +22,7 @@ from bot.app import IrisBot
 from bot.errors import Refused
 from bot.find._download import ImageRef
 from bot.find._render import grid
-from bot.find._scan import DiscordIndex, can_read, scope_of
+from bot.find._scan import DiscordIndex, can_read, is_excluded, scope_of
 from bot.find._views import FindButton, RefreshButton, ShareButton
 from iris.errors import BadRequest, IrisError
 from iris.index import Hit, ImageIndex
@@ -142,6 +142,7 @@ class Find(commands.Cog):
             candidates = [guild.get_channel_or_thread(int(data["channel"]))]
         else:
             candidates = [*guild.text_channels, *guild.threads]
+        exclusions = await self.discord_index.exclusions(guild.id)
         return [
             c
             for c in candidates
@@ -149,7 +150,7 @@ class Find(commands.Cog):
             and hasattr(c, "history")
             and can_read(c, member)
             and can_read(c, guild.me)
-            and not await self.discord_index.excluded(guild.id, c)
+            and not is_excluded(c, exclusions)
         ]
 
     async def _wait_for_scans(self, interaction: discord.Interaction, channels: list[Any]) -> None:
@@ -179,14 +180,11 @@ class Find(commands.Cog):
         else:
             scopes = await asyncio.to_thread(self.index.scopes, f"discord:{guild.id}:")
             ids = [int(s.rsplit(":", 1)[1]) for s in scopes]
+        exclusions = await self.discord_index.exclusions(guild.id)
         out = []
         for cid in ids:
             channel = guild.get_channel_or_thread(cid)
-            if (
-                channel is not None
-                and can_read(channel, member)
-                and not await self.discord_index.excluded(guild.id, channel)
-            ):
+            if channel is not None and can_read(channel, member) and not is_excluded(channel, exclusions):
                 out.append(scope_of(guild.id, cid))
         return out
 
@@ -300,7 +298,7 @@ class Find(commands.Cog):
         if not left:
             return ""
         readable = await self._readable_scopes(guild, member, data)
-        images = sum([await asyncio.to_thread(self.index.count, s) for s in readable])
+        images = await asyncio.to_thread(lambda: sum(self.index.count(s) for s in readable))
         return (
             f"Still indexing: {_plural(left, 'channel')} left, {_plural(images, 'image')} so far. "
             "Press Refresh for newer results."

@@ -85,6 +85,11 @@ def can_read(channel: Any, member: discord.Member) -> bool:
     return True
 
 
+def is_excluded(channel: Any, exclusions: set[str]) -> bool:
+    """A thread follows its parent."""
+    return bool({str(channel.id), str(getattr(channel, "parent_id", None))} & exclusions)
+
+
 class Tasks:
     """Background tasks that are kept (never fire-and-forget), logged when they fail, cancelled on close."""
 
@@ -139,13 +144,14 @@ class DiscordIndex:
         await self.tasks.close()
         await self.downloader.close()
 
-    async def excluded(self, guild_id: int | None, channel: Any) -> bool:
-        """Excluded by the config or by an admin (/find-exclude); a thread follows its parent."""
+    async def exclusions(self, guild_id: int | None) -> set[str]:
+        """Channel ids kept out of /find in a server: by the config or by an admin (/find-exclude)."""
         gcfg = self.config.discord.guilds.get(str(guild_id))
-        ids = {str(channel.id), str(getattr(channel, "parent_id", None))}
         configured = set(gcfg.find_excluded) if gcfg else set()
-        by_admin = await asyncio.to_thread(self.index.excluded, f"discord:{guild_id or 0}:")
-        return bool(ids & (configured | by_admin))
+        return configured | await asyncio.to_thread(self.index.excluded, f"discord:{guild_id or 0}:")
+
+    async def excluded(self, guild_id: int | None, channel: Any) -> bool:
+        return is_excluded(channel, await self.exclusions(guild_id))
 
     async def set_excluded(self, guild_id: int, channel_id: int, excluded: bool) -> None:
         await asyncio.to_thread(self.index.set_excluded, f"discord:{guild_id}:", str(channel_id), excluded)

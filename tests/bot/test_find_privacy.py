@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 from models.toy import world
-from tests.bot.test_find import find_bot, numbers, post_samples, run_find
+from tests.bot.test_find import find_bot, numbers, post_samples, reds, run_find
 from tests.fake_discord.models import READ_MESSAGE_HISTORY, VIEW_CHANNEL
-
-
-def _red(n: int, skip: int = 0) -> list:
-    return [s for s in (world.sample(i) for i in range(3000)) if s.label == "red circle"][skip : skip + n]
 
 
 async def _staff_world(w):
@@ -20,8 +16,8 @@ async def _staff_world(w):
     secret = w.fake.add_channel(
         w.guild, "staff-room", overwrites={everyone: (0, VIEW_CHANNEL), staff: (can, 0), bot_role: (can, 0)}
     )
-    await post_samples(w, secret, _red(6), [boss])
-    here = await post_samples(w, w.channel, _red(3, skip=6), [w.alice])
+    await post_samples(w, secret, reds(6), [boss])
+    here = await post_samples(w, w.channel, reds(3, skip=6), [w.alice])
     await post_samples(w, w.channel, list(world.samples(6, seed=71)), [w.alice])
     hidden = {str(m.id) for m in w.fake.channel_messages(secret)}
     return boss, secret, set(here), hidden
