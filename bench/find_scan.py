@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import io
 import json
+import logging
 import os
 import resource
 import subprocess
@@ -55,8 +56,8 @@ BATCH = 32  # images per embedding call, as the scan embeds them
 class Spliced:
     """`head + tail` as the CDN slices it, without a copy of `tail`: thousands of files share a few."""
 
-    def __init__(self, head: bytes, tail: bytes) -> None:
-        self.head, self.tail = head, memoryview(tail)
+    def __init__(self, head: bytes, tail: memoryview) -> None:
+        self.head, self.tail = head, tail
 
     def __len__(self) -> int:
         return len(self.head) + len(self.tail)
@@ -85,7 +86,7 @@ async def serve(n: int, photo_dir: Path, bases: int, seed: int) -> None:
         for i in range(n):
             base = files[i % len(files)]
             head = variant(base[:2], i)  # SOI + a comment: the rest is the base file
-            data: Any = Spliced(head, base[2:])  # served like bytes (len and slices)
+            data: Any = Spliced(head, memoryview(base)[2:])  # served like bytes (len and slices)
             message = await fake.post_message(
                 channel, alice, attachments=[(f"IMG_{i:05d}.jpg", data, "image/jpeg")]
             )
@@ -192,7 +193,7 @@ def config(info: dict[str, Any], tmp: Path) -> Any:
     return parse_config(data)
 
 
-async def measure(info: dict[str, Any], tmp: Path) -> dict[str, Any]:
+async def measure(info: dict[str, Any], tmp: Path, slow_ms: float | None) -> dict[str, Any]:
     import yarl
     from discord.gateway import DiscordWebSocket
     from discord.http import Route
@@ -200,7 +201,16 @@ async def measure(info: dict[str, Any], tmp: Path) -> dict[str, Any]:
     from bot.app import IrisBot
     from models.clip import load_clip
 
+    if slow_ms is not None:
+        loop = asyncio.get_running_loop()
+        loop.set_debug(True)
+        loop.slow_callback_duration = slow_ms / 1000
+        logging.basicConfig(format="%(asctime)s %(name)s %(message)s")
+        logging.getLogger("asyncio").setLevel(logging.WARNING)
     cfg = config(info, tmp)
+    # The fake acks a heartbeat before discord.py's keep-alive thread records having sent it, so the client
+    # computes a "latency" of one heartbeat interval and warns "Can't keep up"; the loop was not behind.
+    logging.getLogger("discord.gateway").setLevel(logging.ERROR)
     warm = [Image.new("RGB", (224, 224), (i * 40, 90, 200)) for i in range(4)]
     # The bare loop's CLIP, loaded before the bot logs in (loading blocks; the gateway would fall behind).
     clip = load_clip(cfg.clip.preset, device=cfg.device, precision=cfg.precision, offline=True)
@@ -270,6 +280,12 @@ def main() -> None:
     p.add_argument(
         "--photos", type=Path, default=Path(tempfile.gettempdir()) / "iris-bench-photos", help="photo cache"
     )
+    p.add_argument(
+        "--slow-callbacks",
+        type=float,
+        metavar="MS",
+        help="log every event-loop callback that runs longer than MS (asyncio debug mode; slows both sides)",
+    )
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child: the fake Discord
     args = p.parse_args()
     if args.serve:
@@ -292,7 +308,7 @@ def main() -> None:
         info = json.loads(line)
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                r = asyncio.run(measure(info, Path(tmp)))
+                r = asyncio.run(measure(info, Path(tmp), args.slow_callbacks))
         finally:
             fake.stdin.close()
             fake.wait(timeout=30)
