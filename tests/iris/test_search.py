@@ -200,3 +200,68 @@ def test_scoring_leaves_reference_counts_alone(kernel):
         search_mod.dots(mat, q, out)
     assert abs(sys.getrefcount(None) - before) < 50
     np.testing.assert_allclose(out, mat.astype(np.float32) @ q.astype(np.float32), atol=1e-3)
+
+
+def test_a_reader_behind_a_pruned_change_log_reloads(tmp_path, monkeypatch):
+    from iris.index import store
+
+    rng = np.random.default_rng(8)
+    path = tmp_path / "i.sqlite3"
+    with ImageIndex(path) as bot, ImageIndex(path) as cli:
+        truth = fill(bot, rng, 100, channels=2)
+        every = sorted({s for s, _ in truth})
+        q = unit_rows(rng, 1)[0]
+        bot.search(q, every, MODEL, k=3)
+        for scope, key in list(truth)[:40]:
+            cli.remove(scope, [key])
+            del truth[(scope, key)]
+        monkeypatch.setattr(store, "CHANGES_KEPT", 5)
+        cli.prune()  # the log no longer holds what `bot` has not seen yet
+        hits = bot.search(q, every, MODEL, k=10)
+        assert [(h.scope, h.key) for h in hits] == brute(truth, q, every, 10)
+        assert bot.search_stats()["loads"] == 2
+
+
+def test_searches_and_writes_from_many_threads(tmp_path):
+    """The bot searches and writes from worker threads at once; every answer is a consistent one."""
+    import threading
+
+    rng = np.random.default_rng(9)
+    with ImageIndex(tmp_path / "i.sqlite3") as index:
+        truth = fill(index, rng, 300, channels=3)
+        every = sorted({s for s, _ in truth})
+        extra = unit_rows(rng, 200)
+        index.put_vectors(MODEL, {f"x{i}": extra[i] for i in range(200)})
+        errors: list[BaseException] = []
+
+        def writer(w: int) -> None:
+            try:
+                for i in range(w, 200, 2):
+                    index.upsert(every[i % 3], f"{9000 + i}/a", f"x{i}", {})
+                    if i % 10 == 0:
+                        index.delete_messages(every[i % 3], [1000 + i])
+            except BaseException as e:  # reported below: a thread's exception is otherwise lost
+                errors.append(e)
+
+        def reader() -> None:
+            try:
+                for _ in range(30):
+                    hits = index.search(extra[0], every, MODEL, k=20)
+                    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+                    assert len({(h.scope, h.key) for h in hits}) == len(hits)
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=writer, args=(w,)) for w in range(2)]
+        threads += [threading.Thread(target=reader) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        for i in range(200):
+            truth[(every[i % 3], f"{9000 + i}/a")] = extra[i].astype(np.float16)
+            if i % 10 == 0:
+                truth.pop((every[i % 3], f"{1000 + i}/a"), None)
+        q = unit_rows(rng, 1)[0]
+        assert [(h.scope, h.key) for h in index.search(q, every, MODEL, k=25)] == brute(truth, q, every, 25)
