@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -126,13 +126,18 @@ class Watch:
     max_lag: float = 0.0
     peak_rss: int = 0
     ticks: int = 0
+    lags: list[float] = field(default_factory=list)  # seconds late, every tick
+
+    def p99(self) -> float:
+        return sorted(self.lags)[int(len(self.lags) * 0.99)] if self.lags else 0.0
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             due = loop.time() + self.period
             await asyncio.sleep(self.period)
-            self.max_lag = max(self.max_lag, loop.time() - due)
+            self.lags.append(loop.time() - due)
+            self.max_lag = max(self.max_lag, self.lags[-1])
             self.ticks += 1
             if self.ticks % 5 == 0:
                 self.peak_rss = max(self.peak_rss, rss_bytes())
@@ -264,9 +269,12 @@ async def measure(info: dict[str, Any], tmp: Path, slow_ms: float | None) -> dic
         "bare_count": count,
         "ours_lag": ours_watch.max_lag,
         "bare_lag": bare_watch.max_lag,
+        "ours_p99": ours_watch.p99(),
+        "bare_p99": bare_watch.p99(),
         "ours_rss": ours_watch.peak_rss,
         "bare_rss": bare_watch.peak_rss,
         "rss_before": rss_before,
+        "load": os.getloadavg(),
         "concurrency": cfg.discord.find_download_concurrency,
         "decodes": cfg.discord.find_decode_concurrency,
     }
@@ -333,7 +341,11 @@ def main() -> None:
         print(f"  first problems: {r['problems']}")
     print(f"ratio ours/bare            : {ours / base:8.3f}")
     lag_ours, lag_bare = r["ours_lag"] * 1000, r["bare_lag"] * 1000
+    p99_ours, p99_bare = r["ours_p99"] * 1000, r["bare_p99"] * 1000
     print(f"largest event-loop lag     : scan {lag_ours:.0f} ms, bare {lag_bare:.0f} ms")
+    print(f"p99 event-loop lag         : scan {p99_ours:.0f} ms, bare {p99_bare:.0f} ms")
+    load = " / ".join(f"{x:.1f}" for x in r["load"])
+    print(f"machine load average       : {load} (1, 5, 15 min, at the end; {os.cpu_count()} CPUs)")
     rss_ours, rss_bare, rss_before = r["ours_rss"] / mib, r["bare_rss"] / mib, r["rss_before"] / mib
     print(
         f"peak RSS                   : scan {rss_ours:.0f} MiB, bare {rss_bare:.0f} MiB "
