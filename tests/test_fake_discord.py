@@ -412,6 +412,20 @@ async def test_cdn_sends_a_multi_megabyte_photo_in_many_chunked_pieces(world: Wo
     assert await seen.attachments[0].read() == data
 
 
+async def test_a_client_that_stops_reading_is_no_fault_of_the_cdn(world: World, photos: Photos):
+    fake = world.fake
+    spec = PhotoSpec(8, 1600, 1200, 600_000)
+    message = await fake.post_message(world.channel, world.alice, attachments=[photos.attachment(spec)])
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(message.attachments[0].url) as resp:
+            first = await resp.content.readany()
+            resp.close()  # as a reader that hit its size cap does
+        assert 0 < len(first) < spec.target_bytes  # type: ignore[operator]
+        await fake.wait_for(lambda: fake.cdn.cut_short == 1)
+    assert fake.errors == []
+
+
 async def test_cdn_sends_content_length_by_default_or_for_a_file_that_asks(world: World, photos: Photos):
     fake = world.fake
     spec = PhotoSpec(8, 1600, 1200, 600_000)

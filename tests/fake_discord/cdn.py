@@ -23,7 +23,6 @@ import asyncio
 import hashlib
 import hmac
 import io
-import logging
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,8 +35,6 @@ from .clock import FakeClock
 
 if TYPE_CHECKING:
     from .models import Attachment
-
-log = logging.getLogger(__name__)
 
 LINK_LIFETIME_S = 24 * 3600  # Discord's signed links last about a day
 GONE = "This content is no longer available."  # Discord's whole answer to an expired or forged link
@@ -106,6 +103,18 @@ class Cdn:
         """A freshly signed media proxy link (media.discordapp.net)."""
         return f"{self.base}/media{quote(attachment.path)}?{self.signature(attachment.path)}"
 
+    def refresh(self, url: str) -> str:
+        """A freshly signed link to what `url` points at (same host); other URLs come back as they are."""
+        parts = urlsplit(url)
+        prefix, _, rest = parts.path.partition("/attachments/")
+        try:
+            attachment = self.attachments.get(int(rest.split("/")[1]))
+        except (IndexError, ValueError):
+            return url
+        if attachment is None or prefix not in ("/cdn", "/media"):
+            return url
+        return self.url(attachment) if prefix == "/cdn" else self.proxy_url(attachment)
+
     def add_external(
         self, url: str, data: bytes, content_type: str = "image/jpeg", *, redirect_to: str | None = None
     ) -> str:
@@ -137,18 +146,6 @@ class Cdn:
         content_type = attachment.content_type or "application/octet-stream"
         with_length = self.content_length if attachment.content_length is None else attachment.content_length
         return await self.send(request, attachment.data, content_type, with_length=with_length)
-
-    def refresh(self, url: str) -> str:
-        """A freshly signed link to what `url` points at (same host); other URLs come back as they are."""
-        parts = urlsplit(url)
-        prefix, _, rest = parts.path.partition("/attachments/")
-        try:
-            attachment = self.attachments.get(int(rest.split("/")[1]))
-        except (IndexError, ValueError):
-            return url
-        if attachment is None or prefix not in ("/cdn", "/media"):
-            return url
-        return self.url(attachment) if prefix == "/cdn" else self.proxy_url(attachment)
 
     async def proxied(self, request: web.Request) -> web.StreamResponse:
         image = self.external.get(request.match_info["digest"])
