@@ -8,7 +8,8 @@ decoders and resizers: portrait, panorama, PNG with alpha, progressive and CMYK 
 16 × 40000 strip.
 
 Generating a 12-megapixel photo costs about a second of CPU, so `Photos` keeps every file it made in a
-directory (one per test session through the `photos` fixture; a fixed temp directory for benchmarks).
+directory: one per test session (`session_photos`, behind the `photos` fixtures), a fixed temp directory
+for benchmarks.
 """
 
 from __future__ import annotations
