@@ -365,11 +365,14 @@ class Find(commands.Cog):
     # -- live index --------------------------------------------------------------------------------
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
-        if message.guild is not None:
+        if message.guild is not None and message.author != self.bot.user:
             self.discord_index.tasks.spawn(self.discord_index.on_message(message), "live indexing")
 
     @commands.Cog.listener()
     async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
+        author = (payload.data.get("author") or {}).get("id")
+        if self.bot.user is not None and author == str(self.bot.user.id):
+            return  # Iris's own answers and progress edits: never indexed
         channel = self.bot.get_channel(payload.channel_id)
         if channel is not None and hasattr(channel, "fetch_message"):
             edit = self.discord_index.on_edit(payload.guild_id, channel, payload.message_id)

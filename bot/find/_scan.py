@@ -135,6 +135,9 @@ class DiscordIndex:
             dc.find_download_timeout_s,
         )
         self._decodes = asyncio.Semaphore(dc.find_decode_concurrency)
+        # Images between the start of their download and the end of their decode: encoded files waiting
+        # for a decoder never pile up (a page of 100 photos is not 100 files of 8 MB in memory).
+        self._in_flight = asyncio.Semaphore(dc.find_download_concurrency + dc.find_decode_concurrency)
         self._locks: dict[str, asyncio.Lock] = {}
         self.tasks = Tasks()
         self.scans: dict[str, tuple[asyncio.Task[Any], ScanReport]] = {}  # running scans, by scope
@@ -289,9 +292,10 @@ class DiscordIndex:
 
     async def prepare(self, ref: ImageRef) -> Prepared:
         """Download, check and decode one image, reduced to CLIP's size at once, with its thumbnail."""
-        data = await self.downloader.download(ref)
-        async with self._decodes:  # decoded images in flight are bounded, not the page's 100
-            return await asyncio.to_thread(self._decode, data, ref.key)
+        async with self._in_flight:
+            data = await self.downloader.download(ref)
+            async with self._decodes:  # decodes at once are bounded too: each may briefly be large
+                return await asyncio.to_thread(self._decode, data, ref.key)
 
     def _decode(self, data: bytes, key: str) -> Prepared:
         side = self.config.discord.find_image_side

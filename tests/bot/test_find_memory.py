@@ -16,6 +16,7 @@ async def test_photos_are_decoded_few_at_a_time_and_small(w, photos, monkeypatch
         await w.fake.post_message(w.channel, w.alice, attachments=[photos.attachment(spec)])
     decode = scan_module.load_image
     lock, busy, most, sizes = threading.Lock(), [0], [0], []
+    held, most_held = [0], [0]  # files from the start of their download to the end of their decode
 
     def spy(*args, **kwargs):  # the real decoder, watched: how many run at once, what comes out
         with lock:
@@ -28,12 +29,25 @@ async def test_photos_are_decoded_few_at_a_time_and_small(w, photos, monkeypatch
         finally:
             with lock:
                 busy[0] -= 1
+                held[0] -= 1
 
     monkeypatch.setattr(scan_module, "load_image", spy)
-    async with find_bot(w, max_bytes=8 * MB, find_decode_concurrency=2) as bot:
-        report = await bot.get_cog("Find").discord_index.scan(bot.get_channel(w.channel.id))
+    async with find_bot(
+        w, max_bytes=8 * MB, find_decode_concurrency=1, find_download_concurrency=1, find_downloads_per_s=100
+    ) as bot:
+        index = bot.get_cog("Find").discord_index
+        download = index.downloader.download
+
+        async def counted(ref):  # the real download, counted
+            with lock:
+                held[0] += 1
+                most_held[0] = max(most_held[0], held[0])
+            return await download(ref)
+
+        index.downloader.download = counted
+        report = await index.scan(bot.get_channel(w.channel.id))
     assert report.indexed == 4, report.problems
-    assert most[0] <= 2
+    assert most[0] == 1 and most_held[0] <= 2  # never a pile of downloaded files waiting for a decoder
     assert len(sizes) == 4 and all(min(s) == 224 and max(s) <= 4 * 224 for s in sizes), sizes
 
 
