@@ -8,7 +8,7 @@ decoders and resizers: portrait, panorama, PNG with alpha, progressive and CMYK 
 16 × 40000 strip.
 
 Generating a 12-megapixel photo costs about a second of CPU, so `Photos` keeps every file it made in a
-directory: one per test session (`session_photos`, behind the `photos` fixtures), a fixed temp directory
+directory: one per test run (`cached_photos`, behind the `photos` fixtures), a fixed temp directory
 for benchmarks.
 """
 
@@ -128,8 +128,8 @@ class Photos:
         return spec.filename, self.get(spec), spec.content_type
 
 
-def session_photos(tmp_path_factory: pytest.TempPathFactory) -> Photos:
-    """Photos kept for the whole test session, in one directory whichever fixture asks for them."""
+def cached_photos(tmp_path_factory: pytest.TempPathFactory) -> Photos:
+    """Photos kept for the whole test run, in one directory whichever fixture asks for them."""
     return Photos(tmp_path_factory.getbasetemp() / "photos")
 
 

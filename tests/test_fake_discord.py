@@ -17,7 +17,7 @@ from discord.ext import commands
 from PIL import Image, ImageFilter, ImageOps
 
 from tests.fake_discord import GONE, Channel, FakeDiscord, Guild, Member, OutsideHost
-from tests.photos import MB, ODD, Photos, PhotoSpec, corpus, render, session_photos
+from tests.photos import MB, ODD, Photos, PhotoSpec, cached_photos, corpus, render
 
 
 @dataclass
@@ -375,7 +375,7 @@ async def test_an_edit_keeps_exactly_the_attachments_it_lists(world: World):
 
 @pytest.fixture(scope="session")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> Photos:
-    return session_photos(tmp_path_factory)
+    return cached_photos(tmp_path_factory)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from iris.config import parse_config
 from tests.conftest import engine_for
 from tests.fake_discord import FakeDiscord, OutsideHost
 from tests.fake_discord.models import MANAGE_MESSAGES
-from tests.photos import session_photos
+from tests.photos import cached_photos
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,8 +95,8 @@ def bomb() -> bytes:
 
 @pytest.fixture(scope="session")
 def photos(tmp_path_factory):
-    """Realistic photos (tests/photos.py), each generated once per test session."""
-    return session_photos(tmp_path_factory)
+    """Realistic photos (tests/photos.py), each generated once per test run."""
+    return cached_photos(tmp_path_factory)
 
 
 @pytest.fixture
