@@ -1,10 +1,11 @@
 """The in-memory search structure: one per server (or folder) and model, permissions applied as a filter.
 
 A group (a Discord server's channels `discord:GUILD:*`, or one folder) keeps its vectors fp16, one block
-per scope, so a member's readable channels select whole blocks: the filter is exact and costs nothing per
-excluded row, and the six members with six role sets share one copy. Blocks grow by appending (an eighth
-of spare room at most) and forget rows by masking; a block is compacted only when a quarter of it is
-dead. After any write, from this process or another, only the logged delta (`changes`) is applied.
+per large scope, so a member's readable channels select whole blocks: the filter is exact and costs
+nothing per excluded row, and six members with six role sets share one copy. Small scopes (threads) share
+one tagged pool, filtered by a mask. Blocks grow by appending (an eighth of spare room at most) and
+forget rows by masking; a block is compacted only when a quarter of it is dead. After any write, from
+this process or another, only the logged delta (`changes`) is applied.
 
 Scores come from simsimd's fp16 dot product (SIMD, reads the fp16 blocks in place); without simsimd,
 numpy converts slices to float32 first (correct, about 15 times slower).
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 SLACK = 8  # a full block grows by 1/SLACK of its size: spare room stays under 12.5 %
 MIN_ROOM = 16  # rows; the smallest growth step
 COMPACT_DEAD = 4  # a block with more than 1/COMPACT_DEAD masked rows is compacted
+SMALL = 512  # rows: a scope with at most this many shares its group's pool instead of its own block
 _NUMPY_CHUNK = 4096  # rows converted to float32 at a time by the numpy fallback
 
 
@@ -58,13 +60,15 @@ def dots(mat: np.ndarray, q16: np.ndarray, out: np.ndarray) -> None:
 
 
 class Block:
-    """One scope's vectors: rows [0, n) used, `alive` False where an item was removed since."""
+    """Rows [0, n) of vectors, `alive` False where an item was removed since; `tags` name each row's scope
+    in a group's shared pool of small scopes."""
 
-    __slots__ = ("alive", "dead", "max_rowid", "n", "rowids", "vecs")
+    __slots__ = ("alive", "dead", "max_rowid", "n", "rowids", "tags", "vecs")
 
     def __init__(self, dim: int, capacity: int) -> None:
         self.vecs = np.empty((capacity, dim), dtype=np.float16)  # (capacity, dim)
         self.rowids = np.empty(capacity, dtype=np.int64)  # items.rowid of each row
+        self.tags = np.zeros(capacity, dtype=np.int32)
         self.alive = np.ones(capacity, dtype=bool)
         self.n = 0
         self.dead = 0
@@ -72,7 +76,7 @@ class Block:
 
     @property
     def nbytes(self) -> int:
-        return self.vecs.nbytes + self.rowids.nbytes + self.alive.nbytes
+        return self.vecs.nbytes + self.rowids.nbytes + self.tags.nbytes + self.alive.nbytes
 
     @property
     def used_bytes(self) -> int:
@@ -84,73 +88,124 @@ class Block:
 
     def _resize(self, capacity: int) -> None:
         keep = self.alive[: self.n] if self.dead else slice(0, self.n)
-        vecs, rowids = self.vecs[: self.n][keep], self.rowids[: self.n][keep]
+        vecs, rowids, tags = self.vecs[: self.n][keep], self.rowids[: self.n][keep], self.tags[: self.n][keep]
         self.n, self.dead = len(rowids), 0
         self.vecs = np.empty((capacity, self.vecs.shape[1]), dtype=np.float16)
         self.rowids = np.empty(capacity, dtype=np.int64)
+        self.tags = np.zeros(capacity, dtype=np.int32)
         self.alive = np.ones(capacity, dtype=bool)
-        self.vecs[: self.n], self.rowids[: self.n] = vecs, rowids
+        self.vecs[: self.n], self.rowids[: self.n], self.tags[: self.n] = vecs, rowids, tags
 
-    def append(self, rowids: np.ndarray, vecs: np.ndarray) -> None:
+    def append(self, rowids: np.ndarray, vecs: np.ndarray, tag: int = 0) -> None:
         m = len(rowids)
         if self.n + m > len(self.rowids):
             need = self.live + m
             self._resize(need + max(MIN_ROOM, need // SLACK))
         self.vecs[self.n : self.n + m] = vecs
         self.rowids[self.n : self.n + m] = rowids
+        self.tags[self.n : self.n + m] = tag
         self.alive[self.n : self.n + m] = True
         self.n += m
         if m:
             self.max_rowid = max(self.max_rowid, int(rowids.max()))
 
-    def kill(self, rowids: np.ndarray) -> None:
+    def kill(self, rowids: np.ndarray, tag: int | None = None) -> int:
+        """Mask these items' rows (only those tagged `tag`, if given); returns how many."""
         rowids = rowids[rowids <= self.max_rowid]
         if not len(rowids):
-            return
+            return 0
         hit = np.isin(self.rowids[: self.n], rowids) & self.alive[: self.n]
-        if hit.any():
+        if tag is not None:
+            hit &= self.tags[: self.n] == tag
+        killed = int(hit.sum())
+        if killed:
             self.alive[: self.n][hit] = False
-            self.dead += int(hit.sum())
+            self.dead += killed
             if self.dead * COMPACT_DEAD > self.n:
                 self._resize(self.live + max(MIN_ROOM, self.live // SLACK))
+        return killed
 
 
 class GroupVectors:
-    """The vectors of one group for one model, a block per scope."""
+    """The vectors of one group for one model: a block per large scope, one shared pool for small ones.
+
+    Scoring a block costs a kernel call (~30 µs) whatever its size, so a server with thousands of small
+    threads keeps them in one pool, scored in one call with a mask (or gathered when few are allowed)."""
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
-        self.blocks: dict[str, Block] = {}
+        self.blocks: dict[str, Block] = {}  # scopes with more than SMALL rows
+        self.pool: Block | None = None  # the rows of every smaller scope, tagged
+        self.tag_of: dict[str, int] = {}  # scope -> its tag in the pool
+        self.in_pool: dict[str, int] = {}  # scope -> its live rows in the pool
+
+    def _all(self) -> list[Block]:
+        return [*self.blocks.values(), *([self.pool] if self.pool is not None else [])]
 
     @property
     def nbytes(self) -> int:
-        return sum(b.nbytes for b in self.blocks.values())
+        return sum(b.nbytes for b in self._all())
 
     @property
     def used_bytes(self) -> int:
-        return sum(b.used_bytes for b in self.blocks.values())
+        return sum(b.used_bytes for b in self._all())
 
     @property
     def live(self) -> int:
-        return sum(b.live for b in self.blocks.values())
+        return sum(b.live for b in self._all())
 
     def add(self, scope: str, rowids: np.ndarray, vecs: np.ndarray) -> None:
         self.dim = self.dim or vecs.shape[1]  # an empty group learns its dimension from its first rows
         block = self.blocks.get(scope)
-        if block is None:
-            # Spare room from the start, so the first appends copy nothing (a large fresh allocation's
-            # pages that are never written are usually not even resident).
-            m = len(rowids)
-            block = self.blocks[scope] = Block(self.dim, m + max(MIN_ROOM, m // SLACK))
+        if block is not None:
+            block.append(rowids, vecs)
+            return
+        have = self.in_pool.get(scope, 0)
+        if have + len(rowids) <= SMALL:
+            if self.pool is None:
+                self.pool = Block(self.dim, len(rowids) + MIN_ROOM)
+            tag = self.tag_of.setdefault(scope, len(self.tag_of))
+            self.pool.append(rowids, vecs, tag)
+            self.in_pool[scope] = have + len(rowids)
+            return
+        if have and self.pool is not None:  # outgrew the pool: its rows there move to its own block
+            p, tag = self.pool, self.tag_of[scope]
+            mine = (p.tags[: p.n] == tag) & p.alive[: p.n]
+            old_ids, old_vecs = p.rowids[: p.n][mine].copy(), p.vecs[: p.n][mine].copy()
+            p.kill(old_ids, tag)
+            rowids, vecs = np.concatenate([old_ids, rowids]), np.concatenate([old_vecs, vecs])
+        self.in_pool.pop(scope, None)
+        # Spare room from the start, so the first appends copy nothing (a large fresh allocation's
+        # pages that are never written are usually not even resident).
+        m = len(rowids)
+        block = self.blocks[scope] = Block(self.dim, m + max(MIN_ROOM, m // SLACK))
         block.append(rowids, vecs)
+
+    def kill(self, scope: str, rowids: np.ndarray) -> None:
+        if scope in self.blocks:
+            self.blocks[scope].kill(rowids)
+        elif self.in_pool.get(scope) and self.pool is not None:
+            self.in_pool[scope] -= self.pool.kill(rowids, self.tag_of[scope])
 
     def views(self, scopes: Iterable[str]) -> list[View]:
         """The rows of `scopes` as they are now: safe to score without the lock, while writes go on."""
-        return [
-            View(b.vecs[: b.n], b.alive[: b.n].copy() if b.dead else None, b.rowids[: b.n])
-            for s in dict.fromkeys(scopes)
-            if (b := self.blocks.get(s)) is not None and b.live
-        ]
+        out, tags = [], []
+        for s in dict.fromkeys(scopes):
+            b = self.blocks.get(s)
+            if b is not None and b.live:
+                out.append(View(b.vecs[: b.n], b.alive[: b.n].copy() if b.dead else None, b.rowids[: b.n]))
+            elif b is None and self.in_pool.get(s):
+                tags.append(self.tag_of[s])
+        p = self.pool
+        if tags and p is not None:
+            mask = np.isin(p.tags[: p.n], tags) & p.alive[: p.n]
+            picked = int(mask.sum())
+            if picked * 4 < p.n:  # a few allowed: copy them out rather than score the whole pool
+                rows = np.flatnonzero(mask)
+                out.append(View(p.vecs[rows], None, p.rowids[rows]))
+            elif picked:
+                out.append(View(p.vecs[: p.n], mask, p.rowids[: p.n]))
+        return out
 
 
 @dataclass(frozen=True)
@@ -297,8 +352,7 @@ class SearchCache:
     def _apply(self, g: GroupVectors, model_id: str, touched: dict[str, set[int]]) -> None:
         """Mask every touched item, then append the ones that are (still) searchable."""
         for scope, ids in touched.items():
-            if scope in g.blocks:
-                g.blocks[scope].kill(np.fromiter(ids, dtype=np.int64, count=len(ids)))
+            g.kill(scope, np.fromiter(ids, dtype=np.int64, count=len(ids)))
         every = sorted(i for ids in touched.values() for i in ids)
         fresh: dict[str, tuple[list[int], list[bytes]]] = {}
         for chunk in chunks(every):

@@ -55,7 +55,11 @@ def kernel(request, monkeypatch):
     return request.param
 
 
-def test_filtered_search_equals_brute_force_through_appends_and_deletes(tmp_path, kernel):
+@pytest.mark.parametrize("small", [0, 55, 512], ids=["own-blocks", "outgrow-pool", "pool"])
+def test_filtered_search_equals_brute_force_through_appends_and_deletes(tmp_path, kernel, small, monkeypatch):
+    """Channels of ~50 images: each in its own block, in the shared pool until appends outgrow it, or
+    always pooled."""
+    monkeypatch.setattr(search_mod, "SMALL", small)
     rng = np.random.default_rng(1)
     with ImageIndex(tmp_path / "i.sqlite3") as index:
         truth = fill(index, rng, 600, channels=12)
@@ -82,9 +86,9 @@ def test_filtered_search_equals_brute_force_through_appends_and_deletes(tmp_path
         index.remove_scope(every[5])
         truth = {sk: v for sk, v in truth.items() if sk[0] != every[5]}
         check(10)
-        more = unit_rows(rng, 80)
-        index.put_vectors(MODEL, {f"new{i}": more[i] for i in range(80)})
-        for i in range(80):
+        more = unit_rows(rng, 240)  # 20 a channel: channels outgrow a pool of 55
+        index.put_vectors(MODEL, {f"new{i}": more[i] for i in range(240)})
+        for i in range(240):
             scope = every[i % 12]
             index.upsert(scope, f"{5000 + i}/a", f"new{i}", {"i": 4000 + i})
             truth[(scope, f"{5000 + i}/a")] = more[i].astype(np.float16)
@@ -97,6 +101,9 @@ def test_filtered_search_equals_brute_force_through_appends_and_deletes(tmp_path
         del truth[(scope, key)]
         check(10)
         stats = index.search_stats()
+        g = next(iter(index._search._groups.values()))
+        assert len(g.blocks) == {0: 12, 55: 11, 512: 0}[small]  # the case named is the case run (every[5]
+        # was emptied, then got 20 rows back: it stays pooled)
         assert stats["loads"] == 1  # the server was loaded once; every write after came in as a delta
         assert stats["vectors"] == len(truth)
 
@@ -265,3 +272,19 @@ def test_searches_and_writes_from_many_threads(tmp_path):
                 truth.pop((every[i % 3], f"{1000 + i}/a"), None)
         q = unit_rows(rng, 1)[0]
         assert [(h.scope, h.key) for h in index.search(q, every, MODEL, k=25)] == brute(truth, q, every, 25)
+
+
+def test_thousands_of_small_threads_cost_one_kernel_call(tmp_path, monkeypatch):
+    """A kernel call costs ~30 µs whatever its size: 1,000 threads of 3 images are scored in one."""
+    rng = np.random.default_rng(10)
+    with ImageIndex(tmp_path / "i.sqlite3") as index:
+        truth = fill(index, rng, 3000, channels=1000)
+        every = sorted({s for s, _ in truth})
+        calls = []
+        real = search_mod.dots
+        monkeypatch.setattr(search_mod, "dots", lambda *a: calls.append(1) or real(*a))
+        for allowed in (every, every[::2], every[:10]):
+            q = unit_rows(rng, 1)[0]
+            hits = index.search(q, allowed, MODEL, k=10)
+            assert [(h.scope, h.key) for h in hits] == brute(truth, q, allowed, 10)
+        assert len(calls) == 3
