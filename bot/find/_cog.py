@@ -94,7 +94,6 @@ class Find(commands.Cog):
             "user": str(interaction.user.id),  # the only one who may press this answer's buttons
             "terms": [[t.text, t.weight] for t in terms],
             "image_hash": None,
-            "image_from": None,  # [scope, key] of an indexed image the query was made from (More like)
             "scope": scope,
             "guild": str(interaction.guild.id),
             "channel": str(interaction.channel_id),
@@ -188,7 +187,7 @@ class Find(commands.Cog):
                 out.append(scope_of(guild.id, cid))
         return out
 
-    async def _query_vector(self, guild: discord.Guild, member: discord.Member, data: dict[str, Any]) -> Any:
+    async def _query_vector(self, data: dict[str, Any]) -> Any:
         model_id = await self.bot.manager.model_id()
         vectors, weights = [], []
         for text, weight in data["terms"]:
@@ -196,32 +195,16 @@ class Find(commands.Cog):
             weights.append(weight)
         if data["image_hash"]:
             vec = await asyncio.to_thread(self.index.vector, data["image_hash"], model_id)
-            if vec is None and data.get("image_from"):  # made by an older model: embed it again, fresh
-                vec = await self._fresh_query_vector(guild, member, data, model_id)
             if vec is None:
                 raise IrisError("that image is no longer in the index")
             vectors.append(vec)
             weights.append(1.0)
         return combine(vectors, weights)
 
-    async def _fresh_query_vector(
-        self, guild: discord.Guild, member: discord.Member, data: dict[str, Any], model_id: str
-    ) -> Any:
-        scope, key = data["image_from"]
-        channel = guild.get_channel_or_thread(int(scope.rsplit(":", 1)[1]))
-        if channel is None or not can_read(channel, member):
-            return None
-        content_hash = await self.discord_index.fresh_vector(channel, scope, key, model_id)
-        return (
-            None
-            if content_hash is None
-            else await asyncio.to_thread(self.index.vector, content_hash, model_id)
-        )
-
     async def _search(self, interaction: discord.Interaction, data: dict[str, Any]) -> list[Hit]:
         guild, member = interaction.guild, interaction.user
         assert guild is not None and isinstance(member, discord.Member)
-        query = await self._query_vector(guild, member, data)
+        query = await self._query_vector(data)
         scopes = await self._readable_scopes(guild, member, data)
         model_id = await self.bot.manager.model_id()
         hits = await asyncio.to_thread(self.index.search, query, scopes, model_id, 5000)
@@ -319,12 +302,17 @@ class Find(commands.Cog):
         """Next page, or More like #n: a new private answer."""
         data = await self._saved(interaction, fid)
         await interaction.response.defer(ephemeral=True, thinking=True)
+        assert interaction.guild is not None and isinstance(interaction.user, discord.Member)
+        # Brought up to date like /find (after a model change this re-embeds, from fresh links).
+        await self._wait_for_scans(
+            interaction, await self._channels(interaction.guild, interaction.user, data)
+        )
         if n is not None:  # "More like #n": that hit's picture becomes the query
             hits = await self._search(interaction, data)
             if n - 1 >= len(hits) or not hits[n - 1].meta.get("hash"):
                 raise Refused("That result is gone.")
             hit = hits[n - 1]
-            data = {**data, "terms": [], "image_hash": hit.meta["hash"], "image_from": [hit.scope, hit.key]}
+            data = {**data, "terms": [], "image_hash": hit.meta["hash"]}
             fid, page = uuid.uuid4().hex[:12], 0
             await asyncio.to_thread(self.index.save_find, fid, data)
         await self._answer(interaction, fid, data, page)
@@ -333,6 +321,8 @@ class Find(commands.Cog):
         """The same page again over what is indexed now, in place."""
         data = await self._saved(interaction, fid)
         await interaction.response.defer()  # an update of the message the button is on
+        assert interaction.guild is not None and isinstance(interaction.user, discord.Member)
+        self.discord_index.start_scans(await self._channels(interaction.guild, interaction.user, data))
         await self._answer(interaction, fid, data, page)
 
     async def on_share(self, interaction: discord.Interaction, fid: str, page: int) -> None:

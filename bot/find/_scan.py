@@ -350,16 +350,6 @@ class DiscordIndex:
             return None
         return {r.key: r for r in image_refs(message)}
 
-    async def fresh_vector(self, channel: Any, scope: str, key: str, model_id: str) -> str | None:
-        """Embed one indexed image again from a fresh URL (its vector for this model is missing)."""
-        refs = await self.fresh_refs(channel, int(key.split("/", 1)[0]))
-        ref = refs.get(key) if refs else None
-        if ref is None:
-            return None
-        prepared = await self.prepare(ref)
-        await self._embed({prepared.content_hash: prepared.image}, model_id)
-        return prepared.content_hash
-
     # -- live updates ------------------------------------------------------------------------------
     async def is_indexed(self, guild_id: int | None, channel_id: int) -> bool:
         state = await asyncio.to_thread(self.index.scan_state, scope_of(guild_id, channel_id))

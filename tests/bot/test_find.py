@@ -310,3 +310,23 @@ async def test_answers_come_from_thumbnails_after_links_expire(w):
         for key in find.index.items(scope):
             thumb = find.index.thumbnail(scope, key)
             assert thumb is not None and max(Image.open(io.BytesIO(thumb)).size) <= 256
+
+
+async def test_more_like_on_an_old_answer_after_a_model_change_and_expired_links(w):
+    posted = await post_samples(w, w.channel, list(world.samples(30, seed=63)), [w.alice])
+    async with find_bot(w):
+        old = await run_find(w, w.channel, w.alice, query="a yellow triangle", k=9)
+    db = sqlite3.connect(w.tmp / "index.sqlite3")
+    with db:
+        db.execute("UPDATE vectors SET model_id = 'an-older-clip'")
+    db.close()
+    w.fake.clock.advance(3 * 24 * 3600)
+    async with find_bot(w):  # a restart with a new model: the old answer's buttons still work
+        like = await w.fake.click(old, "More like #1", user=w.alice)
+        similar = await w.fake.wait_for(
+            lambda: like.original if like.original and like.original.embeds else None, 60
+        )
+    first = posted[numbers(old)[0]].label
+    labels = [posted[i].label for i in numbers(similar)]
+    assert similar.ephemeral and sum(lb == first for lb in labels) >= 3, labels
+    assert w.fake.count_requests("GET", r"^/(cdn|media)/", status=404) == 0
