@@ -31,7 +31,7 @@ from iris.sqlite import connect, transaction
 log = logging.getLogger(__name__)
 
 DAY_S = 86_400.0
-PRUNE_EVERY_S = 3_600.0  # retention runs on open and then at most this often, on writes
+PRUNE_EVERY_S = 3_600.0  # retention runs at most this often, on saved queries and deletes
 CHANGES_KEPT = 200_000  # log entries kept; a reader further behind reloads instead of replaying
 
 _SCHEMA = """
@@ -103,7 +103,7 @@ CREATE TABLE IF NOT EXISTS scans (
 # Columns added after the first release: (table, column, declaration). Rows that predate them get "now".
 _ADDED_COLUMNS = (
     ("finds", "created", "REAL NOT NULL DEFAULT 0"),  # unix time; kept index.retention_days
-    ("vectors", "added", "REAL NOT NULL DEFAULT 0"),  # unix time of the last write
+    ("vectors", "added", "REAL NOT NULL DEFAULT 0"),  # unix time: last written, or last found in use
 )
 
 
@@ -144,8 +144,8 @@ class ImageIndex:
         self._lock = threading.RLock()
         self._migrate()
         self._search = SearchCache(self._db, self.config.search_memory_mib * 2**20)
-        self._pruned_at = -float("inf")
-        self.prune()
+        self._pruned_at = -float("inf")  # retention first runs on the first write that checks it (off
+        # the opener's path: an upgraded file's first run touches every vector once, in short steps)
 
     def _migrate(self) -> None:
         with self._lock, transaction(self._db):
@@ -154,6 +154,8 @@ class ImageIndex:
                 if column not in have:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
                     self._db.execute(f"UPDATE {table} SET {column} = ?", (self.clock(),))
+            # Retention finds old vectors through this, without reading every row's blob.
+            self._db.execute("CREATE INDEX IF NOT EXISTS vectors_added ON vectors (added)")
 
     def close(self) -> None:
         with self._lock:
@@ -174,20 +176,36 @@ class ImageIndex:
         with self._lock, transaction(self._db):
             self._pruned_at = now
             self._db.execute("DELETE FROM finds WHERE created < ?", (now - keep_s,))
-            # A query image's vector is referenced by no item; it lives as long as a find that names it.
-            self._db.execute(
-                "DELETE FROM vectors WHERE added < ? AND content_hash NOT IN "
-                "(SELECT content_hash FROM items WHERE content_hash IS NOT NULL) AND content_hash NOT IN "
-                "(SELECT json_extract(data, '$.image_hash') FROM finds "
-                "WHERE json_extract(data, '$.image_hash') IS NOT NULL)",
-                (now - keep_s,),
-            )
             self._db.execute(
                 "DELETE FROM tombstones WHERE deleted_at < ?", (now - self.config.tombstone_days * DAY_S,)
             )
             self._db.execute(
                 "DELETE FROM changes WHERE seq <= (SELECT MAX(seq) FROM changes) - ?", (CHANGES_KEPT,)
             )
+        self._prune_vectors(now, now - keep_s)
+
+    def _prune_vectors(self, now: float, cutoff: float) -> None:
+        """Delete vectors older than `cutoff` that no item and no kept find uses (a query image's lives as
+        long as a find names it); the ones in use are stamped `now`, so the next runs skip them for a
+        retention period. In short transactions: other threads' writes are never held up for long."""
+        while True:
+            with self._lock, transaction(self._db):
+                ids = [
+                    r[0]
+                    for r in self._db.execute(
+                        "SELECT rowid FROM vectors WHERE added < ? LIMIT 500", (cutoff,)
+                    ).fetchall()
+                ]
+                if not ids:
+                    return
+                self._db.execute(
+                    f"DELETE FROM vectors WHERE rowid IN ({qs(ids)}) "
+                    "AND NOT EXISTS (SELECT 1 FROM items i WHERE i.content_hash = vectors.content_hash) "
+                    "AND NOT EXISTS (SELECT 1 FROM finds f "
+                    "WHERE json_extract(f.data, '$.image_hash') = vectors.content_hash)",
+                    ids,
+                )
+                self._db.execute(f"UPDATE vectors SET added = ? WHERE rowid IN ({qs(ids)})", (now, *ids))
 
     def _maybe_prune(self) -> None:
         if self.clock() - self._pruned_at >= PRUNE_EVERY_S:
