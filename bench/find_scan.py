@@ -1,6 +1,6 @@
 """Indexing realistic photos for /find: the bot's channel scan vs a bare download+decode+embed loop.
 
-    python bench/find_scan.py [--n 2000] [--bases 48] [--seed 0]
+    python bench/find_scan.py [--n 2000] [--bases 48] [--seed 0] [--stalls-ms 100] [--slow-callbacks 100]
 
 A fake Discord (tests/fake_discord) runs in a child process, so the figures below are the bot's alone; it
 serves `--n` messages with one photo each from its CDN the way Discord does: chunked transfer encoding, 32 KiB
@@ -19,7 +19,10 @@ the same toy CLIP in batches of 32.
 
 While each side runs a ticker wakes every 10 ms and records how late it woke (the event loop's lag) and
 the process's resident memory. It also ticks alone for `--idle-s` first: on a shared, loaded machine the
-loop is late now and then with nothing to do, and that floor is printed as "idle".
+loop is late now and then with nothing to do, and that floor is printed as "idle". To find what makes
+the loop late: `--stalls-ms` samples the loop thread's stack while it is late (a stack ending in the
+selector's poll means the thread was waiting for the CPU or the GIL, not running a slow callback);
+`--slow-callbacks` turns on asyncio's debug mode, which names each callback that ran too long.
 """
 
 from __future__ import annotations
@@ -34,7 +37,10 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import traceback
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,6 +125,26 @@ def rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+class Stalls(threading.Thread):
+    """Where the event loop's thread is while the loop is stalled: sampled every quarter of `threshold` once
+    the ticker has not ticked for `threshold` seconds. Counts per stack say roughly how long each held it."""
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__(daemon=True)
+        self.threshold = threshold
+        self.last_tick = time.monotonic()  # set by the ticker
+        self.loop_thread = threading.get_ident()
+        self.stacks: Counter[str] = Counter()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(self.threshold / 4):
+            if time.monotonic() - self.last_tick > self.threshold:
+                frame = sys._current_frames().get(self.loop_thread)
+                if frame is not None:
+                    self.stacks["".join(traceback.format_stack(frame, limit=14))] += 1
+
+
 @dataclass
 class Watch:
     """A ticker on the event loop: the largest lateness of a 10 ms sleep, and the peak resident memory."""
@@ -128,6 +154,7 @@ class Watch:
     peak_rss: int = 0
     ticks: int = 0
     lags: list[float] = field(default_factory=list)  # seconds late, every tick
+    stalls: Stalls | None = None  # told of every tick, if given
 
     def p99(self) -> float:
         return sorted(self.lags)[int(len(self.lags) * 0.99)] if self.lags else 0.0
@@ -140,10 +167,14 @@ class Watch:
             self.lags.append(loop.time() - due)
             self.max_lag = max(self.max_lag, self.lags[-1])
             self.ticks += 1
+            if self.stalls is not None:
+                self.stalls.last_tick = time.monotonic()
             if self.ticks % 5 == 0:
                 self.peak_rss = max(self.peak_rss, rss_bytes())
 
     async def timed(self, work: Any) -> float:
+        if self.stalls is not None:
+            self.stalls.last_tick = time.monotonic()
         ticker = asyncio.create_task(self.run())
         self.peak_rss = rss_bytes()
         t0 = time.perf_counter()
@@ -199,7 +230,8 @@ def config(info: dict[str, Any], tmp: Path) -> Any:
     return parse_config(data)
 
 
-async def measure(info: dict[str, Any], tmp: Path, slow_ms: float | None, idle_s: float) -> dict[str, Any]:
+async def measure(info: dict[str, Any], tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    slow_ms, idle_s = args.slow_callbacks, args.idle_s
     import yarl
     from discord.gateway import DiscordWebSocket
     from discord.http import Route
@@ -239,7 +271,10 @@ async def measure(info: dict[str, Any], tmp: Path, slow_ms: float | None, idle_s
         idle_watch = Watch()  # the machine's own lag: the ticker alone, with the bot idle
         await idle_watch.timed(asyncio.sleep(idle_s))
 
-        ours_watch = Watch()
+        stalls = Stalls(args.stalls_ms / 1000) if args.stalls_ms else None
+        if stalls is not None:
+            stalls.start()
+        ours_watch = Watch(stalls=stalls)
         report = None
 
         async def scan() -> None:
@@ -247,6 +282,8 @@ async def measure(info: dict[str, Any], tmp: Path, slow_ms: float | None, idle_s
             report = await index.scan(channel)
 
         ours_s = await ours_watch.timed(scan())
+        if stalls is not None:
+            stalls.done.set()
 
         # The same files: fresh links from history (not timed), then the bare loop on its own CLIP.
         urls = [m.attachments[0].url async for m in channel.history(limit=None)]  # type: ignore[union-attr]
@@ -280,6 +317,7 @@ async def measure(info: dict[str, Any], tmp: Path, slow_ms: float | None, idle_s
         "bare_rss": bare_watch.peak_rss,
         "rss_before": rss_before,
         "load": os.getloadavg(),
+        "stalls": stalls.stacks.most_common(args.stall_stacks) if stalls is not None else [],
         "concurrency": cfg.discord.find_download_concurrency,
         "decodes": cfg.discord.find_decode_concurrency,
     }
@@ -300,6 +338,13 @@ def main() -> None:
         metavar="MS",
         help="log every event-loop callback that runs longer than MS (asyncio debug mode; slows both sides)",
     )
+    p.add_argument(
+        "--stalls-ms",
+        type=float,
+        metavar="MS",
+        help="during the scan, sample where the loop's thread is whenever the loop is MS late; print the top",
+    )
+    p.add_argument("--stall-stacks", type=int, default=3, help="how many stall stacks to print")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child: the fake Discord
     args = p.parse_args()
     if args.serve:
@@ -322,7 +367,7 @@ def main() -> None:
         info = json.loads(line)
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                r = asyncio.run(measure(info, Path(tmp), args.slow_callbacks, args.idle_s))
+                r = asyncio.run(measure(info, Path(tmp), args))
         finally:
             fake.stdin.close()
             fake.wait(timeout=30)
@@ -362,6 +407,9 @@ def main() -> None:
         f"peak RSS                   : scan {rss_ours:.0f} MiB, bare {rss_bare:.0f} MiB "
         f"(before: {rss_before:.0f} MiB)"
     )
+
+    for stack, samples in r["stalls"]:
+        print(f"\nloop stalled here ({samples} samples, {samples * args.stalls_ms / 4:.0f} ms):\n{stack}")
 
 
 if __name__ == "__main__":
