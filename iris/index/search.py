@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +30,8 @@ except ImportError:  # pragma: no cover - exercised where simsimd is not install
     simsimd = None
 
 log = logging.getLogger(__name__)
+
+GroupKey = tuple[str, str]  # (group, model id)
 
 SLACK = 8  # a full block grows by 1/SLACK of its size: spare room stays under 12.5 %
 MIN_ROOM = 16  # rows; the smallest growth step
@@ -290,15 +293,37 @@ class SearchCache:
             "evictions": self.evictions,
         }
 
-    def views(self, group: str, model_id: str, scopes: Sequence[str]) -> list[View]:
-        """The current rows of `scopes` (all in `group`), loading the group or applying the delta first."""
+    def views(self, group: str, model_id: str, scopes: Sequence[str]) -> list[View] | None:
+        """The current rows of `scopes` (all in `group`) after applying the delta; None: not loaded."""
         self.catch_up()
         g = self._groups.get((group, model_id))
         if g is None:
-            g = self._load(group, model_id)
+            return None
         self._groups.move_to_end((group, model_id))
-        self._enforce_bound(keep=(group, model_id))
         return g.views(scopes)
+
+    def adopt(self, group: str, model_id: str, g: GroupVectors, seq: int) -> GroupVectors:
+        """Take a group loaded on another connection as of change `seq`: the changes logged since are
+        replayed on it (replaying is idempotent), then it joins the others at the common cursor."""
+        self.catch_up()
+        key = (group, model_id)
+        if key in self._groups:  # another thread loaded it meanwhile
+            return self._groups[key]
+        if seq < self._cursor:
+            first = self._db.execute("SELECT MIN(seq) FROM changes").fetchone()[0]
+            if first is None or first > seq + 1:  # pruned meanwhile: load again, under the lock
+                g, _ = load_group(self._db, group, model_id)
+            else:
+                rows = self._db.execute(
+                    "SELECT seq, item, scope, content_hash, model_id FROM changes "
+                    "WHERE seq > ? AND seq <= ? ORDER BY seq",
+                    (seq, self._cursor),
+                ).fetchall()
+                self._replay(rows, {key: g})
+        self._groups[key] = g
+        self.loads += 1
+        self._enforce_bound(keep=key)
+        return g
 
     # -- keeping up with the database ------------------------------------------------------------------
     def _last_seq(self) -> int:
@@ -328,6 +353,12 @@ class SearchCache:
         if not rows:
             return
         self._cursor = rows[-1][0]
+        self._replay(rows, self._groups)
+
+    def _replay(
+        self, rows: Sequence[tuple[int, Any, Any, Any, Any]], groups: Mapping[GroupKey, GroupVectors]
+    ) -> None:
+        """Apply logged changes (seq, item, scope, content_hash, model_id) to `groups`."""
         items: dict[str, set[int]] = {}  # scope -> changed item rowids
         hashes: dict[str, set[str]] = {}  # model -> hashes given a vector
         for _, item, scope, content_hash, model_id in rows:
@@ -335,7 +366,7 @@ class SearchCache:
                 items.setdefault(scope, set()).add(item)
             else:
                 hashes.setdefault(model_id, set()).add(content_hash)
-        models = {m for _, m in self._groups}
+        models = {m for _, m in groups}
         for model_id, hs in hashes.items():
             if model_id in models:
                 for chunk in chunks(sorted(hs)):
@@ -343,7 +374,7 @@ class SearchCache:
                         f"SELECT rowid, scope FROM items WHERE content_hash IN ({qs(chunk)})", chunk
                     ):
                         items.setdefault(scope, set()).add(rowid)
-        for (group, model_id), g in self._groups.items():
+        for (group, model_id), g in groups.items():
             touched = {s: ids for s, ids in items.items() if group_of(s) == group}
             if touched:
                 self._apply(g, model_id, touched)
@@ -368,40 +399,6 @@ class SearchCache:
         for scope, (rowids, blobs) in fresh.items():
             g.add(scope, np.array(rowids, dtype=np.int64), _vectors(blobs))
 
-    def _load(self, group: str, model_id: str) -> GroupVectors:
-        lo, hi = _scope_range(group)
-        cur = self._db.execute(
-            "SELECT i.rowid, i.scope, v.vector FROM items i JOIN vectors v "
-            "ON v.content_hash = i.content_hash AND v.model_id = ? "
-            "WHERE i.status = 'ok' AND i.scope >= ? AND i.scope < ? ORDER BY i.scope",
-            (model_id, lo, hi),
-        )
-        g: GroupVectors | None = None
-        scope, ids, blobs = "", list[int](), list[bytes]()
-
-        def flush() -> None:
-            nonlocal g
-            if ids:
-                if g is None:
-                    g = GroupVectors(len(blobs[0]) // 2)
-                g.add(scope, np.array(ids, dtype=np.int64), _vectors(blobs))
-            ids.clear()
-            blobs.clear()
-
-        while batch := cur.fetchmany(4096):
-            for rowid, s, blob in batch:
-                if s != scope:
-                    flush()
-                    scope = s
-                ids.append(rowid)
-                blobs.append(blob)
-        flush()
-        # An empty group is kept too: the rows added later reach it as deltas.
-        loaded = g if g is not None else GroupVectors(0)
-        self._groups[(group, model_id)] = loaded
-        self.loads += 1
-        return loaded
-
     def _enforce_bound(self, keep: tuple[str, str]) -> None:
         """Drop least recently searched groups while over the bound; a lone group over it stays loaded
         (a search needs it whole) and is logged once."""
@@ -421,3 +418,36 @@ class SearchCache:
                 total / 2**20,
                 self.max_bytes / 2**20,
             )
+
+
+def load_group(db: sqlite3.Connection, group: str, model_id: str) -> tuple[GroupVectors, int]:
+    """Every searchable vector of `group` for `model_id`, and the last change the snapshot includes.
+
+    One read transaction, so the rows and the change number agree; on a connection of its own it holds
+    no lock of the index, so writers and other servers' searches go on while a big server loads."""
+    lo, hi = _scope_range(group)
+    db.execute("BEGIN")
+    try:
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
+        seq = int(row[0]) if row else 0
+        cur = db.execute(
+            "SELECT i.rowid, i.scope, v.vector FROM items i JOIN vectors v "
+            "ON v.content_hash = i.content_hash AND v.model_id = ? "
+            "WHERE i.status = 'ok' AND i.scope >= ? AND i.scope < ? ORDER BY i.scope",
+            (model_id, lo, hi),
+        )
+        g = GroupVectors(0)  # learns its dimension from the first rows; an empty group stays empty
+        scope, ids, blobs = "", list[int](), list[bytes]()
+        while batch := cur.fetchmany(4096):
+            for rowid, s, blob in batch:
+                if s != scope and ids:
+                    g.add(scope, np.array(ids, dtype=np.int64), _vectors(blobs))
+                    ids, blobs = [], []
+                scope = s
+                ids.append(rowid)
+                blobs.append(blob)
+        if ids:
+            g.add(scope, np.array(ids, dtype=np.int64), _vectors(blobs))
+    finally:
+        db.execute("COMMIT")
+    return g, seq

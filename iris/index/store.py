@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from iris.config import IndexConfig
-from iris.index.search import SearchCache, group_of, top_k
+from iris.index.search import SearchCache, View, group_of, load_group, top_k
 from iris.index.sql import chunks, qs
 from iris.sqlite import connect, transaction
 
@@ -449,9 +451,8 @@ class ImageIndex:
         by_group: dict[str, list[str]] = {}
         for s in dict.fromkeys(scopes):
             by_group.setdefault(group_of(s), []).append(s)
-        with self._lock:  # the delta and the views; scoring itself runs without the lock
-            views = [v for g, allowed in by_group.items() for v in self._search.views(g, model_id, allowed)]
-        found = top_k(views, q, k)
+        views = [v for group, allowed in by_group.items() for v in self._views(group, model_id, allowed)]
+        found = top_k(views, q, k)  # without the lock: writes and other searches go on
         with self._lock:
             rows: dict[int, tuple[str, str, str]] = {
                 r[0]: (r[1], r[2], r[3])
@@ -462,14 +463,30 @@ class ImageIndex:
             }
         # An item deleted between scoring and this read is left out; its rowid, if reused by then, must
         # still name an allowed scope.
-        allowed = set(scopes)
+        asked = set(scopes)
         hits = [
             Hit(*rows[rid][:2], score, json.loads(rows[rid][2]))
             for score, rid in found
-            if rid in rows and rows[rid][0] in allowed
+            if rid in rows and rows[rid][0] in asked
         ]
         hits.sort(key=lambda h: (-h.score, h.scope, h.key))
         return hits
+
+    def warm(self, scope: str, model_id: str) -> None:
+        """Load the search structure of `scope`'s server (or folder) now, ahead of its first search."""
+        self._views(group_of(scope), model_id, [])
+
+    def _views(self, group: str, model_id: str, allowed: Sequence[str]) -> list[View]:
+        """`allowed`'s rows in `group`, up to date; a group not in memory is loaded on a connection of
+        its own, without the lock (a million vectors take seconds), then catches up under it."""
+        with self._lock:
+            got = self._search.views(group, model_id, allowed)
+        if got is not None:
+            return got
+        with closing(sqlite3.connect(self.path, timeout=60)) as db:
+            loaded, seq = load_group(db, group, model_id)
+        with self._lock:
+            return self._search.adopt(group, model_id, loaded, seq).views(allowed)
 
     def search_stats(self) -> dict[str, int]:
         """What the in-memory search structures hold: bytes, vectors, loads and delta updates so far."""

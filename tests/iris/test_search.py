@@ -288,3 +288,46 @@ def test_thousands_of_small_threads_cost_one_kernel_call(tmp_path, monkeypatch):
             hits = index.search(q, allowed, MODEL, k=10)
             assert [(h.scope, h.key) for h in hits] == brute(truth, q, allowed, 10)
         assert len(calls) == 3
+
+
+def test_writes_made_while_a_server_loads_are_not_lost(tmp_path, monkeypatch):
+    """A big server loads without the lock, from a snapshot; what is written meanwhile is replayed."""
+    from iris.index import store
+
+    rng = np.random.default_rng(11)
+    path = tmp_path / "i.sqlite3"
+    with ImageIndex(path) as bot, ImageIndex(path) as cli:
+        truth = fill(bot, rng, 200, channels=4)
+        every = sorted({s for s, _ in truth})
+        gone, twin = ("discord:1:100", "1000/a"), ("discord:1:101", "1005/a")  # items 0 and 5
+        real = store.load_group
+
+        def load_then_write(db, group, model_id):
+            loaded = real(db, group, model_id)
+            cli.remove(*gone[:1], [gone[1]])  # after the snapshot, before the structure is adopted
+            bot.upsert("discord:1:101", "8888/a", "h1-5", {})  # the same picture as item 5
+            return loaded
+
+        monkeypatch.setattr(store, "load_group", load_then_write)
+        deleted = truth.pop(gone).astype(np.float32)
+        truth[("discord:1:101", "8888/a")] = truth[twin]
+        for q in (truth[twin].astype(np.float32), deleted, unit_rows(rng, 1)[0]):
+            hits = bot.search(q, every, MODEL, k=8)
+            assert [(h.scope, h.key) for h in hits] == brute(truth, q, every, 8)
+        assert [h.key for h in bot.search(truth[twin].astype(np.float32), every, MODEL, k=2)] == [
+            "1005/a",
+            "8888/a",
+        ]
+        assert bot.search_stats()["loads"] == 1
+
+
+def test_warm_loads_a_server_ahead_of_its_first_search(tmp_path):
+    rng = np.random.default_rng(12)
+    with ImageIndex(tmp_path / "i.sqlite3") as index:
+        truth = fill(index, rng, 100, channels=2)
+        index.warm("discord:1:100", MODEL)
+        assert index.search_stats()["loads"] == 1 and index.search_stats()["vectors"] == 100
+        q = unit_rows(rng, 1)[0]
+        every = sorted({s for s, _ in truth})
+        assert [(h.scope, h.key) for h in index.search(q, every, MODEL, k=3)] == brute(truth, q, every, 3)
+        assert index.search_stats()["loads"] == 1
