@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from iris.index import ImageIndex
-from iris.index.search import dots
+from iris.index.vectors import dots
 
 MODEL_ID = "bench-model"
 GUILD = "1"

@@ -1,7 +1,8 @@
 """The image search index: items and vectors in SQLite, searched through one in-memory structure per server.
 
-`store` holds the SQLite side (items, vectors, thumbnails, tombstones, retention), `search` the in-memory
-fp16 vectors a query is scored against, `folder` what `iris find` does with a folder.
+`store` is the SQLite side (items, vectors, thumbnails, tombstones, retention) on the tables of `schema`;
+`search` keeps one in-memory structure per server current, `vectors` holds its fp16 arrays and scores
+them; `folder` is what `iris find` does with a folder.
 """
 
 from iris.index.folder import EmbedFn, IndexReport, index_folder

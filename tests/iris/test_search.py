@@ -12,7 +12,7 @@ import pytest
 
 from iris.config import IndexConfig
 from iris.index import ImageIndex
-from iris.index import search as search_mod
+from iris.index import vectors as vectors_mod
 
 DIM = 32
 MODEL = "m"
@@ -48,10 +48,10 @@ def brute(truth: dict, q: np.ndarray, scopes: list[str], k: int) -> list[tuple[s
 @pytest.fixture(params=["simsimd", "numpy"])
 def kernel(request, monkeypatch):
     """Both scoring paths: simsimd where installed, and the numpy fallback."""
-    if request.param == "simsimd" and search_mod.simsimd is None:
+    if request.param == "simsimd" and vectors_mod.simsimd is None:
         pytest.skip("simsimd is not installed")
     if request.param == "numpy":
-        monkeypatch.setattr(search_mod, "simsimd", None)
+        monkeypatch.setattr(vectors_mod, "simsimd", None)
     return request.param
 
 
@@ -59,7 +59,7 @@ def kernel(request, monkeypatch):
 def test_filtered_search_equals_brute_force_through_appends_and_deletes(tmp_path, kernel, small, monkeypatch):
     """Channels of ~50 images: each in its own block, in the shared pool until appends outgrow it, or
     always pooled."""
-    monkeypatch.setattr(search_mod, "SMALL", small)
+    monkeypatch.setattr(vectors_mod, "SMALL", small)
     rng = np.random.default_rng(1)
     with ImageIndex(tmp_path / "i.sqlite3") as index:
         truth = fill(index, rng, 600, channels=12)
@@ -204,7 +204,7 @@ def test_scoring_leaves_reference_counts_alone(kernel):
     out = np.empty(50, dtype=np.float32)
     before = sys.getrefcount(None)
     for _ in range(500):
-        search_mod.dots(mat, q, out)
+        vectors_mod.dots(mat, q, out)
     assert abs(sys.getrefcount(None) - before) < 50
     np.testing.assert_allclose(out, mat.astype(np.float32) @ q.astype(np.float32), atol=1e-3)
 
@@ -281,8 +281,8 @@ def test_thousands_of_small_threads_cost_one_kernel_call(tmp_path, monkeypatch):
         truth = fill(index, rng, 3000, channels=1000)
         every = sorted({s for s, _ in truth})
         calls = []
-        real = search_mod.dots
-        monkeypatch.setattr(search_mod, "dots", lambda *a: calls.append(1) or real(*a))
+        real = vectors_mod.dots
+        monkeypatch.setattr(vectors_mod, "dots", lambda *a: calls.append(1) or real(*a))
         for allowed in (every, every[::2], every[:10]):
             q = unit_rows(rng, 1)[0]
             hits = index.search(q, allowed, MODEL, k=10)
