@@ -165,8 +165,8 @@ class DiscordConfig:
     find_image_side: Annotated[int, Range(ge=32)] = (
         224  # px: images are reduced while decoding to this short side (CLIP's input)
     )
-    find_answer_after_s: PositiveFloat = (
-        5.0  # /find waits this long for indexing, then answers with what is indexed
+    find_answer_after_s: Annotated[float, Range(gt=0, le=600)] = (
+        5.0  # /find waits this long for indexing, then answers with what is indexed (< the 15 min token)
     )
 
 

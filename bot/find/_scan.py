@@ -181,6 +181,8 @@ class DiscordIndex:
     async def _background(self, channel: Any, scope: str, report: ScanReport) -> None:
         try:
             await self.scan(channel, report=report)
+        except discord.Forbidden:  # Iris lost access meanwhile: nothing to fix, the next /find skips it
+            log.info("scan of %s stopped: no access", scope)
         finally:
             self.scans.pop(scope, None)
 

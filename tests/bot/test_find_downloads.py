@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import socket
 
+import pytest
+from aiohttp import web
 from PIL import Image
 
 from bot.find._download import Downloader, ImageRef
@@ -90,3 +94,35 @@ async def test_production_downloads_are_https_from_discord_only():
     tests = Downloader(["http://127.0.0.1:8080"], ImageLimits(), 1, 1.0, 5.0)
     assert tests.allows("http://127.0.0.1:8080/cdn/x.png") and not tests.allows("http://127.0.0.1:8081/x.png")
     await downloader.close()
+
+
+async def test_a_declared_length_over_the_cap_is_refused_before_reading():
+    release = asyncio.Event()
+
+    async def huge(request):  # declares 10 MB, sends 1 KB, then stalls
+        response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
+        response.content_length = 10_000_000
+        await response.prepare(request)
+        await response.write(b"\xff\xd8\xff" + b"\0" * 1021)
+        await release.wait()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/big.jpg", huge)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    await web.SockSite(runner, sock).start()
+    downloader = Downloader([f"http://127.0.0.1:{port}"], ImageLimits(max_bytes=400_000), 1, 1.0, 20.0)
+    try:
+        with pytest.raises(BadImage) as refused:
+            await asyncio.wait_for(
+                downloader.download(ImageRef("1/2", f"http://127.0.0.1:{port}/big.jpg", None, None)), 10
+            )
+        assert "9.5 MiB" in refused.value.message  # the declared length, not what had arrived
+    finally:
+        release.set()
+        await downloader.close()
+        await runner.cleanup()

@@ -3,9 +3,10 @@ every SQLite, numpy and PIL call in a worker thread."""
 
 from __future__ import annotations
 
+import sys
 import threading
 
-import bot.find._scan as scan_module
+from iris.images import load_image
 from tests.bot.test_find import find_bot, numbers, run_find
 from tests.photos import MB, corpus
 
@@ -14,7 +15,7 @@ async def test_photos_are_decoded_few_at_a_time_and_small(w, photos, monkeypatch
     specs = corpus(4, seed=3, max_bytes=MB)
     for spec in specs:
         await w.fake.post_message(w.channel, w.alice, attachments=[photos.attachment(spec)])
-    decode = scan_module.load_image
+    decode = load_image
     lock, busy, most, sizes = threading.Lock(), [0], [0], []
     held, most_held = [0], [0]  # files from the start of their download to the end of their decode
 
@@ -31,11 +32,12 @@ async def test_photos_are_decoded_few_at_a_time_and_small(w, photos, monkeypatch
                 busy[0] -= 1
                 held[0] -= 1
 
-    monkeypatch.setattr(scan_module, "load_image", spy)
     async with find_bot(
         w, max_bytes=8 * MB, find_decode_concurrency=1, find_download_concurrency=1, find_downloads_per_s=100
     ) as bot:
         index = bot.get_cog("Find").discord_index
+        # The module the loaded extension uses (each load imports it afresh).
+        monkeypatch.setattr(sys.modules[type(index).__module__], "load_image", spy)
         download = index.downloader.download
 
         async def counted(ref):  # the real download, counted
