@@ -158,7 +158,12 @@ class DiscordConfig:
     find_download_concurrency: Positive = 4  # image downloads at once while indexing
     find_downloads_per_s: Annotated[float, Range(ge=1)] = 20.0  # image downloads per second at most
     find_allowed_hosts: list[str] = field(
-        default_factory=lambda: ["cdn.discordapp.com", "media.discordapp.net"]
+        default_factory=lambda: [
+            "cdn.discordapp.com",
+            "media.discordapp.net",
+            "images-ext-1.discordapp.net",
+            "images-ext-2.discordapp.net",
+        ]
     )  # the only hosts /find downloads from (https); "http://host:port" allows exactly that origin
     find_download_timeout_s: PositiveFloat = 30.0  # one image download, seconds at most
     find_decode_concurrency: Positive = 2  # images decoded at once while indexing (bounds memory)

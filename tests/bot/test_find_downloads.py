@@ -11,6 +11,7 @@ from aiohttp import web
 from PIL import Image
 
 from bot.find._download import Downloader, ImageRef
+from iris.config import Config
 from iris.errors import BadImage
 from iris.images import ImageLimits
 from models.toy import world
@@ -73,14 +74,16 @@ async def test_nothing_outside_discord_is_contacted(w, outside):
 
 
 async def test_production_downloads_are_https_from_discord_only():
-    downloader = Downloader(["cdn.discordapp.com", "media.discordapp.net"], ImageLimits(), 1, 1.0, 5.0)
+    downloader = Downloader(Config().discord.find_allowed_hosts, ImageLimits(), 1, 1.0, 5.0)
     assert downloader.allows("https://cdn.discordapp.com/attachments/1/2/a.png?ex=1")
-    assert downloader.allows("https://media.discordapp.net/external/x/https/example.com/a.png")
+    assert downloader.allows("https://media.discordapp.net/attachments/1/2/a.png?width=400")
+    assert downloader.allows("https://images-ext-1.discordapp.net/external/x/https/example.com/a.png")
     for url in (
         "http://cdn.discordapp.com/attachments/1/2/a.png",  # not https
         "https://cdn.discordapp.com:8443/a.png",
         "https://169.254.169.254/latest/meta-data",
         "https://cdn.discordapp.com.evil.example/a.png",
+        "https://discordapp.net.evil.example/a.png",
         "https://127.0.0.1/a.png",
         "file:///etc/passwd",
     ):
