@@ -292,7 +292,9 @@ class Find(commands.Cog):
         data = await asyncio.to_thread(self.index.get_find, fid)
         if data is None:
             raise Refused("I no longer have this search; run /find again.")
-        if data.get("user") != str(interaction.user.id):
+        # Searches saved before answers were private carry no user: results follow the presser's own
+        # permissions anyway.
+        if data.get("user", str(interaction.user.id)) != str(interaction.user.id):
             raise Refused("Only the person who searched can use these buttons.")
         if interaction.guild is None or not isinstance(interaction.user, discord.Member):
             raise Refused("/find works in servers.")
