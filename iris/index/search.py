@@ -164,8 +164,7 @@ class SearchCache:
 
     def _apply(self, g: GroupVectors, model_id: str, touched: dict[str, set[int]]) -> None:
         """Mask every touched item, then append the ones that are (still) searchable."""
-        for scope, ids in touched.items():
-            g.kill(scope, np.fromiter(ids, dtype=np.int64, count=len(ids)))
+        g.kill(touched)
         every = sorted(i for ids in touched.values() for i in ids)
         fresh: dict[str, tuple[list[int], list[bytes]]] = {}
         for chunk in chunks(every):

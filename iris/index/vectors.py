@@ -10,7 +10,7 @@ numpy converts slices to float32 first (correct, about 15 times slower).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,18 +90,16 @@ class Block:
         if m:
             self.max_rowid = max(self.max_rowid, int(rowids.max()))
 
-    def kill(self, rowids: np.ndarray, tag: int | None = None) -> int:
-        """Mask these items' rows (only those tagged `tag`, if given); returns how many."""
+    def kill(self, rowids: np.ndarray) -> np.ndarray:
+        """Mask these items' rows; returns the tags of the rows masked (one per row)."""
         rowids = rowids[rowids <= self.max_rowid]
         if not len(rowids):
-            return 0
+            return self.tags[:0]
         hit = np.isin(self.rowids[: self.n], rowids) & self.alive[: self.n]
-        if tag is not None:
-            hit &= self.tags[: self.n] == tag
-        killed = int(hit.sum())
-        if killed:
+        killed = self.tags[: self.n][hit]  # a copy: compaction below replaces the arrays
+        if len(killed):
             self.alive[: self.n][hit] = False
-            self.dead += killed
+            self.dead += len(killed)
             if self.dead * COMPACT_DEAD > self.n:
                 self._resize(self.live + max(MIN_ROOM, self.live // SLACK))
         return killed
@@ -118,6 +116,7 @@ class GroupVectors:
         self.blocks: dict[str, Block] = {}  # scopes with more than SMALL rows
         self.pool: Block | None = None  # the rows of every smaller scope, tagged
         self.tag_of: dict[str, int] = {}  # scope -> its tag in the pool
+        self.scope_of: list[str] = []  # tag -> scope
         self.in_pool: dict[str, int] = {}  # scope -> its live rows in the pool
 
     def _all(self) -> list[Block]:
@@ -145,7 +144,10 @@ class GroupVectors:
         if have + len(rowids) <= SMALL:
             if self.pool is None:
                 self.pool = Block(self.dim, len(rowids) + MIN_ROOM)
-            tag = self.tag_of.setdefault(scope, len(self.tag_of))
+            if scope not in self.tag_of:
+                self.tag_of[scope] = len(self.scope_of)
+                self.scope_of.append(scope)
+            tag = self.tag_of[scope]
             self.pool.append(rowids, vecs, tag)
             self.in_pool[scope] = have + len(rowids)
             return
@@ -153,7 +155,7 @@ class GroupVectors:
             p, tag = self.pool, self.tag_of[scope]
             mine = (p.tags[: p.n] == tag) & p.alive[: p.n]
             old_ids, old_vecs = p.rowids[: p.n][mine].copy(), p.vecs[: p.n][mine].copy()
-            p.kill(old_ids, tag)
+            p.kill(old_ids)
             rowids, vecs = np.concatenate([old_ids, rowids]), np.concatenate([old_vecs, vecs])
         self.in_pool.pop(scope, None)
         # Spare room from the start, so the first appends copy nothing (a large fresh allocation's
@@ -162,11 +164,20 @@ class GroupVectors:
         block = self.blocks[scope] = Block(self.dim, m + max(MIN_ROOM, m // SLACK))
         block.append(rowids, vecs)
 
-    def kill(self, scope: str, rowids: np.ndarray) -> None:
-        if scope in self.blocks:
-            self.blocks[scope].kill(rowids)
-        elif self.in_pool.get(scope) and self.pool is not None:
-            self.in_pool[scope] -= self.pool.kill(rowids, self.tag_of[scope])
+    def kill(self, touched: Mapping[str, Collection[int]]) -> None:
+        """Mask the rows of these items (scope -> item rowids): own blocks one by one, the pool in one
+        pass whatever the number of small scopes touched."""
+        pooled = []
+        for scope, ids in touched.items():
+            rowids = np.fromiter(ids, dtype=np.int64, count=len(ids))
+            if scope in self.blocks:
+                self.blocks[scope].kill(rowids)
+            elif self.in_pool.get(scope):
+                pooled.append(rowids)
+        if pooled and self.pool is not None:
+            tags, counts = np.unique(self.pool.kill(np.concatenate(pooled)), return_counts=True)
+            for tag, count in zip(tags.tolist(), counts.tolist(), strict=True):
+                self.in_pool[self.scope_of[tag]] -= count
 
     def views(self, scopes: Iterable[str]) -> list[View]:
         """The rows of `scopes` as they are now: safe to score without the lock, while writes go on."""
