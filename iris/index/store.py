@@ -224,32 +224,42 @@ class ImageIndex:
         """`upsert` for many (key, content hash, meta, status, thumb) rows in one transaction.
 
         Returns the keys refused because their message was deleted."""
-        refused = set()
+        refused: set[str] = set()
+        batch = list(rows)
         with self._lock, transaction(self._db):
-            for key, content_hash, meta, status, thumb in rows:
-                message = message_of(key)
-                if (
-                    message is not None
-                    and self._db.execute(
-                        "SELECT 1 FROM tombstones WHERE scope = ? AND message = ?", (scope, message)
-                    ).fetchone()
-                ):
-                    refused.add(key)
-                    continue
-                old = self._db.execute(
-                    "SELECT content_hash FROM items WHERE scope = ? AND key = ?", (scope, key)
-                ).fetchone()
+            for part in chunks(batch, 500):
+                keys = [r[0] for r in part]
+                messages = sorted({m for k in keys if (m := message_of(k)) is not None})
+                dead = {
+                    r[0]
+                    for r in self._db.execute(
+                        f"SELECT message FROM tombstones WHERE scope = ? AND message IN ({qs(messages)})",
+                        (scope, *messages),
+                    )
+                }
+                old = dict(
+                    self._db.execute(
+                        f"SELECT key, content_hash FROM items WHERE scope = ? AND key IN ({qs(keys)})",
+                        (scope, *keys),
+                    ).fetchall()
+                )
+                ok = [r for r in part if message_of(r[0]) not in dead]
+                refused.update(r[0] for r in part if message_of(r[0]) in dead)
                 # An upsert, not INSERT OR REPLACE: the row keeps its rowid, which search structures hold.
-                self._db.execute(
+                self._db.executemany(
                     "INSERT INTO items (scope, key, content_hash, status, meta) VALUES (?, ?, ?, ?, ?) "
                     "ON CONFLICT (scope, key) DO UPDATE SET content_hash = excluded.content_hash, "
                     "status = excluded.status, meta = excluded.meta",
-                    (scope, key, content_hash, status, json.dumps(meta)),
+                    [(scope, k, h, st, json.dumps(m)) for k, h, m, st, _ in ok],
                 )
-                if thumb is not None:
-                    self._db.execute("INSERT OR REPLACE INTO thumbs VALUES (?, ?, ?)", (scope, key, thumb))
-                elif old is not None and old[0] != content_hash:
-                    self._db.execute("DELETE FROM thumbs WHERE scope = ? AND key = ?", (scope, key))
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO thumbs VALUES (?, ?, ?)",
+                    [(scope, k, t) for k, _, _, _, t in ok if t is not None],
+                )
+                self._db.executemany(  # new content and no new thumbnail: the old one is wrong now
+                    "DELETE FROM thumbs WHERE scope = ? AND key = ?",
+                    [(scope, k) for k, h, _, _, t in ok if t is None and k in old and old[k] != h],
+                )
         return refused
 
     def thumbnail(self, scope: str, key: str) -> bytes | None:
