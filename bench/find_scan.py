@@ -189,9 +189,9 @@ class Watch:
 
 def decode(data: bytes, side: int) -> Image.Image:
     """The bare decode: JPEG draft mode to at least `side`, then the shorter side reduced to `side`."""
-    image = Image.open(io.BytesIO(data))
-    image.draft("RGB", (side, side))
-    image = image.convert("RGB")
+    encoded = Image.open(io.BytesIO(data))
+    encoded.draft("RGB", (side, side))
+    image = encoded.convert("RGB")
     w, h = image.size
     scale = side / min(w, h)
     if scale < 1:

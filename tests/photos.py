@@ -253,7 +253,7 @@ def scene(width: int, height: int, seed: int) -> Image.Image:
 
     for layer in range(3):  # mountain ranges, paler when farther away
         shade = _mix((70, 80, 110), sky_low, 0.5 - layer * 0.2)
-        points = [(0, horizon)]
+        points: list[tuple[float, float]] = [(0, horizon)]
         x = 0.0
         while x < w:
             x += rng.uniform(0.03, 0.12) * w
