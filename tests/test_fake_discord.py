@@ -17,7 +17,7 @@ from discord.ext import commands
 from PIL import Image, ImageFilter, ImageOps
 
 from tests.fake_discord import GONE, Channel, FakeDiscord, Guild, Member, OutsideHost
-from tests.photos import MB, ODD, Photos, PhotoSpec, cached_photos, corpus, render
+from tests.photos import MB, ODD, Photos, PhotoSpec, cached_photos, corpus, render, variant
 
 
 @dataclass
@@ -540,6 +540,9 @@ async def test_photos_are_real_photos_at_real_sizes_and_in_odd_shapes(photos: Ph
         assert sky.std(axis=(0, 1)).max() < 12
     assert len(photos.get(over)) > cap > max(len(photos.get(s)) for s in ordinary)
     assert photos.get(specs[1]) == render(specs[1])  # the same seed draws the same photo
+    copy = variant(photos.get(specs[1]), 7)  # other bytes, same pixels: what benchmarks multiply
+    assert copy != photos.get(specs[1])
+    assert Image.open(io.BytesIO(copy)).tobytes() == Image.open(io.BytesIO(photos.get(specs[1]))).tobytes()
 
     def opened(name: str) -> Image.Image:
         return Image.open(io.BytesIO(photos.odd(name)))
