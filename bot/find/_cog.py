@@ -103,6 +103,10 @@ class Find(commands.Cog):
             "k": k or self.config.find_k,
         }
         await interaction.response.defer(ephemeral=True, thinking=True)  # only the asker sees results
+        # The server's search structure loads (seconds at a million images) while indexing is awaited.
+        here = scope_of(interaction.guild.id, interaction.channel_id or 0)
+        warm = asyncio.to_thread(self.index.warm, here, await self.bot.manager.model_id())
+        self.discord_index.tasks.spawn(warm, "loading the search structure")
         if image is not None:
             data["image_hash"] = await self._embed_query_image(image)
         channels = await self._channels(interaction.guild, interaction.user, data)

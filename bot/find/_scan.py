@@ -273,13 +273,10 @@ class DiscordIndex:
     def _write(
         self, scope: str, rows: list[tuple[str, str | None, dict[str, Any], str, bytes | None]]
     ) -> int:
-        """In a worker thread: the rows' upserts; how many readable images were written. A message
-        deleted meanwhile has a tombstone, and the index refuses its rows (a delete always wins)."""
-        written = 0
-        for key, content_hash, meta, status, thumb in rows:
-            ok = self.index.upsert(scope, key, content_hash, meta, status=status, thumb=thumb)
-            written += int(ok and status == "ok")
-        return written
+        """In a worker thread: the rows in one transaction; how many readable images were written. A
+        message deleted meanwhile has a tombstone, and the index refuses its rows (a delete always wins)."""
+        refused = self.index.upsert_many(scope, rows)
+        return sum(1 for key, _, _, status, _ in rows if status == "ok" and key not in refused)
 
     async def _embed(self, images: dict[str, Image.Image], model_id: str) -> None:
         """Vectors for the images whose content this model has not embedded yet."""
