@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from bot.find._scan import Tasks
 from models.toy import world
 from tests.bot.conftest import png
 from tests.bot.test_find import find_bot, numbers, post_samples, run_find
@@ -80,3 +81,21 @@ async def test_closing_the_bot_cancels_its_scans(w):
         await asyncio.sleep(0.2)
         assert not tasks[0].done()
     assert tasks[0].cancelled() and not index.scans and len(index.tasks) == 0
+
+
+async def test_background_tasks_are_kept_logged_and_cancelled(caplog):
+    tasks = Tasks()
+
+    async def broken():
+        raise ValueError("a bug")
+
+    failing = tasks.spawn(broken(), "scan of discord:1:2")
+    forever = tasks.spawn(asyncio.Event().wait(), "scan of discord:1:3")
+    await asyncio.wait({failing})
+    await asyncio.sleep(0)
+    assert len(tasks) == 1  # kept until done; the failed one is gone, and logged with its traceback
+    assert any(
+        r.levelname == "ERROR" and "scan of discord:1:2 failed" in r.getMessage() for r in caplog.records
+    )
+    await tasks.close()
+    assert forever.cancelled() and len(tasks) == 0
