@@ -49,7 +49,7 @@ class ScanReport:
 class Prepared:
     content_hash: str
     image: Image.Image  # reduced to CLIP's size (shorter side `find_image_side`)
-    thumb: bytes  # JPEG, ≤ 256 px
+    thumb: bytes  # WebP, ≤ 256 px
 
 
 def scope_of(guild_id: int | None, channel_id: int) -> str:

@@ -34,8 +34,8 @@ async def test_a_big_photo_arriving_in_pieces_is_indexed_whole(w, photos):
         assert (report.indexed, report.bad) == (1, 0), report.problems
         key = f"{message.id}/{message.attachments[0].id}"
         thumb = Image.open(io.BytesIO(find.index.thumbnail(_scope(w), key)))
-        assert thumb.format == "JPEG" and thumb.size == (192, 256)  # portrait: EXIF orientation applied
-        assert len(find.index.thumbnail(_scope(w), key)) < 30_000
+        assert thumb.format == "WEBP" and thumb.size == (192, 256)  # portrait: EXIF orientation applied
+        assert len(find.index.thumbnail(_scope(w), key)) < 12_000  # a few KB
 
 
 async def test_a_download_stops_at_the_cap(w, photos):
