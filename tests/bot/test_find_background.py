@@ -46,7 +46,7 @@ async def test_a_delete_during_a_slow_download_wins(w):
 async def test_a_server_scan_runs_in_the_background_and_refresh_shows_the_rest(w):
     rooms = [w.channel, w.fake.add_channel(w.guild, "memes"), w.fake.add_channel(w.guild, "misc")]
     for n, room in enumerate(rooms):
-        await post_samples(w, room, list(world.samples(60, seed=90 + n)), [w.alice, w.bob])
+        await post_samples(w, room, list(world.samples(30, seed=90 + n)), [w.alice, w.bob])
     w.fake.cdn.delay_s = 0.02
     w.fake.cdn.chunk_bytes = 512  # a slow CDN: a scan takes seconds
     async with find_bot(w, find_answer_after_s=0.3) as bot:
@@ -61,7 +61,7 @@ async def test_a_server_scan_runs_in_the_background_and_refresh_shows_the_rest(w
         assert any(c["label"] == "Refresh" for row in first.components for c in row["components"])
         assert find.discord_index.scans  # the scans go on after the answer
         await w.fake.wait_for(lambda: not find.discord_index.scans, timeout=120)
-        assert find.index.count() == 180
+        assert find.index.count() == 90
         refresh = await w.fake.click(first, "Refresh", user=w.alice)
         await refresh.wait_response()
         done = await w.fake.wait_for(
