@@ -253,18 +253,17 @@ class Find(commands.Cog):
         if len(hits) > (page + 1) * k:
             view.add_item(FindButton(fid, page + 1))
         view.add_item(ShareButton(fid, page))
-        embed, file = await self._render(shown, page * k + 1)
+        embed, file = await self._render(guild, shown, page * k + 1)
         await interaction.edit_original_response(
             content=still or None, embed=embed, attachments=[file], view=view
         )
 
-    async def _render(self, hits: list[Hit], first: int) -> tuple[discord.Embed, discord.File]:
+    async def _render(
+        self, guild: discord.Guild, hits: list[Hit], first: int
+    ) -> tuple[discord.Embed, discord.File]:
         """The numbered grid from stored thumbnails (no download: CDN links expire) and its captions."""
-
-        def thumbs() -> bytes:  # in a worker thread: SQLite and PIL
-            return grid([self.index.thumbnail(h.scope, h.key) for h in hits])
-
-        png = await asyncio.to_thread(thumbs)
+        thumbs = await self.discord_index.thumbnails(guild, [(h.scope, h.key, h.meta) for h in hits])
+        png = await asyncio.to_thread(grid, thumbs)
         lines = []
         for i, h in enumerate(hits, first):
             ts = h.meta.get("ts", "")
@@ -347,7 +346,8 @@ class Find(commands.Cog):
             raise Refused(
                 "None of these results were posted in this channel: there is nothing to share here."
             )
-        embed, file = await self._render(mine, 1)
+        assert interaction.guild is not None
+        embed, file = await self._render(interaction.guild, mine, 1)
         left_out = len(shown) - len(mine)
         note = f"; {_plural(left_out, 'other result')} left out, not from here" if left_out else ""
         await interaction.edit_original_response(

@@ -349,6 +349,35 @@ class DiscordIndex:
             return None
         return {r.key: r for r in image_refs(message)}
 
+    async def thumbnails(
+        self, guild: discord.Guild, hits: list[tuple[str, str, dict[str, Any]]]
+    ) -> list[bytes | None]:
+        """The stored thumbnails of (scope, key, meta) hits. Items indexed before thumbnails were kept have
+        none: those few are made now from fresh links (the message fetched again) and stored."""
+        thumbs = await asyncio.to_thread(lambda: [self.index.thumbnail(s, k) for s, k, _ in hits])
+
+        async def make(scope: str, key: str, meta: dict[str, Any]) -> bytes | None:
+            channel = guild.get_channel_or_thread(int(scope.rsplit(":", 1)[1]))
+            refs = await self.fresh_refs(channel, int(key.split("/", 1)[0])) if channel else None
+            ref = refs.get(key) if refs else None
+            if ref is None:
+                return None
+            prepared = await self.prepare(ref)
+            row = (key, prepared.content_hash, {**meta, "hash": prepared.content_hash}, "ok", prepared.thumb)
+            await asyncio.to_thread(self.index.upsert_many, scope, [row])
+            return prepared.thumb
+
+        missing = [i for i, t in enumerate(thumbs) if t is None]
+        made = await asyncio.gather(*(make(*hits[i]) for i in missing), return_exceptions=True)
+        for i, result in zip(missing, made, strict=True):
+            if isinstance(result, bytes):
+                thumbs[i] = result
+            elif isinstance(result, BaseException) and not isinstance(
+                result, (BadImage, discord.HTTPException)
+            ):
+                log.warning("no thumbnail for %s", hits[i][1], exc_info=result)
+        return thumbs
+
     # -- live updates ------------------------------------------------------------------------------
     async def is_indexed(self, guild_id: int | None, channel_id: int) -> bool:
         state = await asyncio.to_thread(self.index.scan_state, scope_of(guild_id, channel_id))

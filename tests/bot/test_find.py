@@ -330,3 +330,23 @@ async def test_more_like_on_an_old_answer_after_a_model_change_and_expired_links
     labels = [posted[i].label for i in numbers(similar)]
     assert similar.ephemeral and sum(lb == first for lb in labels) >= 3, labels
     assert w.fake.count_requests("GET", r"^/(cdn|media)/", status=404) == 0
+
+
+async def test_items_indexed_without_thumbnails_get_them_from_fresh_links(w):
+    await post_samples(w, w.channel, list(world.samples(9, seed=64)), [w.alice])
+    async with find_bot(w) as bot:
+        await bot.get_cog("Find").discord_index.scan(bot.get_channel(w.channel.id))
+    db = sqlite3.connect(w.tmp / "index.sqlite3")
+    with db:
+        db.execute("DELETE FROM thumbs")  # as an index made before thumbnails were kept
+    db.close()
+    w.fake.clock.advance(2 * 24 * 3600)  # and the links it saw have expired
+    before = w.fake.count_requests("GET", r"^/(cdn|media)/", status=200)
+    async with find_bot(w):
+        reply = await run_find(w, w.channel, w.alice, query="a red circle", k=9)
+        sheet = Image.open(io.BytesIO(reply.attachments[0].data)).convert("RGB")
+        assert all(sheet.getpixel(((i % 3) * 128 + 64, (i // 3) * 128 + 64)) != BACKGROUND for i in range(9))
+        downloads = w.fake.count_requests("GET", r"^/(cdn|media)/", status=200)
+        assert downloads - before == 9 and w.fake.count_requests("GET", r"^/(cdn|media)/", status=404) == 0
+        await run_find(w, w.channel, w.alice, query="a blue square", k=9)
+        assert w.fake.count_requests("GET", r"^/(cdn|media)/", status=200) == downloads  # kept this time
