@@ -1,5 +1,6 @@
 """/find: search a server's images by description, privately; see _cog (commands), _scan (indexing),
-_download (fetches from Discord's media hosts only), _render (thumbnails, grids), _views (buttons)."""
+_download (which images a message shows; fetches from Discord's media hosts only), _render (thumbnails,
+grids), _views (buttons), _tasks (background tasks)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Image downloads for /find: only from Discord's own media hosts, complete, and never past the size cap.
+"""Image downloads for /find: which images a message shows, fetched only from Discord's own media hosts,
+complete, and never past the size cap.
 
 A message's images are Discord attachments or embed images. An embed's original URL points anywhere (a
 link preview of 169.254.169.254, a LAN camera): only its `proxy_url`, on Discord's media proxy, is used.
@@ -13,11 +14,12 @@ import logging
 from dataclasses import dataclass
 
 import aiohttp
+import discord
 import yarl
 from asyncio_throttle import Throttler
 
 from iris.errors import BadImage
-from iris.images import ImageLimits, check_size, human_bytes
+from iris.images import IMAGE_SUFFIXES, ImageLimits, check_size, human_bytes
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,24 @@ def parse_allowed(entries: list[str]) -> frozenset[Origin]:
         if origin is not None:
             out.add(origin)
     return frozenset(out)
+
+
+def image_refs(message: discord.Message) -> list[ImageRef]:
+    """The images a message shows: image attachments, and embed images through Discord's media proxy.
+
+    An embed's own URL points anywhere on the internet; only its proxy_url (Discord's copy) is used.
+    """
+    refs = []
+    for a in message.attachments:
+        ctype = (a.content_type or "").split(";")[0].strip()
+        if ctype.startswith("image/") or a.filename.lower().endswith(IMAGE_SUFFIXES):
+            refs.append(ImageRef(f"{message.id}/{a.id}", a.url, a.size, ctype or None))
+    for n, embed in enumerate(message.embeds):
+        shown = embed.image if embed.image else (embed.thumbnail if embed.type == "image" else None)
+        proxy = getattr(shown, "proxy_url", None) if shown else None
+        if proxy:
+            refs.append(ImageRef(f"{message.id}/e{n}", str(proxy), None, None))
+    return refs
 
 
 class Downloader:

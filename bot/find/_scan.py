@@ -5,7 +5,7 @@ from the newest message seen), saving their place after every page, so a crash r
 duplicates. They run as background tasks, independent of any interaction: a /find waits a little, then
 answers from what is indexed so far. Each image is downloaded (see _download), decoded straight to CLIP's
 size with a bounded number of decodes in flight, embedded once per content hash, and kept as a small
-thumbnail, so answers never download anything. Every SQLite, numpy and PIL call runs in a worker thread.
+thumbnail, so answers need no download. Every SQLite, numpy and PIL call runs in a worker thread.
 
 A deleted message never comes back: the index keeps its id (a tombstone), and a scan that was downloading
 it when the delete arrived writes nothing for it.
@@ -15,18 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import discord
 from PIL import Image
 
-from bot.find._download import Downloader, ImageRef
+from bot.find._download import Downloader, ImageRef, image_refs
 from bot.find._render import thumbnail
+from bot.find._tasks import Tasks
 from iris.config import Config
-from iris.errors import BadImage, IrisError
-from iris.images import IMAGE_SUFFIXES, ImageLimits, image_sha256, load_image
+from iris.errors import BadImage
+from iris.images import ImageLimits, image_sha256, load_image
 from iris.index import ImageIndex, ScanState
 from models.manager import InferenceManager
 
@@ -56,24 +57,6 @@ def scope_of(guild_id: int | None, channel_id: int) -> str:
     return f"discord:{guild_id or 0}:{channel_id}"
 
 
-def image_refs(message: discord.Message) -> list[ImageRef]:
-    """The images a message shows: image attachments, and embed images through Discord's media proxy.
-
-    An embed's own URL points anywhere on the internet; only its proxy_url (Discord's copy) is used.
-    """
-    refs = []
-    for a in message.attachments:
-        ctype = (a.content_type or "").split(";")[0].strip()
-        if ctype.startswith("image/") or a.filename.lower().endswith(IMAGE_SUFFIXES):
-            refs.append(ImageRef(f"{message.id}/{a.id}", a.url, a.size, ctype or None))
-    for n, embed in enumerate(message.embeds):
-        shown = embed.image if embed.image else (embed.thumbnail if embed.type == "image" else None)
-        proxy = getattr(shown, "proxy_url", None) if shown else None
-        if proxy:
-            refs.append(ImageRef(f"{message.id}/e{n}", str(proxy), None, None))
-    return refs
-
-
 def can_read(channel: Any, member: discord.Member) -> bool:
     """View and read history, recomputed now from roles and overwrites (threads: their parent's, and a
     private thread only for members who can manage threads)."""
@@ -88,36 +71,6 @@ def can_read(channel: Any, member: discord.Member) -> bool:
 def is_excluded(channel: Any, exclusions: set[str]) -> bool:
     """A thread follows its parent."""
     return bool({str(channel.id), str(getattr(channel, "parent_id", None))} & exclusions)
-
-
-class Tasks:
-    """Background tasks that are kept (never fire-and-forget), logged when they fail, cancelled on close."""
-
-    def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    def spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro, name=what)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-        return task
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        error = None if task.cancelled() else task.exception()
-        if isinstance(error, IrisError):  # e.g. shutting down: nothing to fix here
-            log.info("%s stopped: %s", task.get_name(), error)
-        elif error is not None:
-            log.error("%s failed", task.get_name(), exc_info=error)
-
-    async def close(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    def __len__(self) -> int:
-        return len(self._tasks)
 
 
 class DiscordIndex:

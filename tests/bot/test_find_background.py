@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from bot.find._scan import Tasks
+from bot.find._tasks import Tasks
 from models.toy import world
 from tests.bot.conftest import png
 from tests.bot.test_find import find_bot, numbers, post_samples, run_find
