@@ -53,6 +53,12 @@ class Prepared:
     thumb: bytes  # WebP, ≤ 256 px
 
 
+def in_flight_bound(downloads: int, decodes: int) -> int:
+    """Images at most between the start of their download and the end of their decode: twice the
+    workers, so downloads run a little ahead of the decoders."""
+    return 2 * (downloads + decodes)
+
+
 def scope_of(guild_id: int | None, channel_id: int) -> str:
     return f"discord:{guild_id or 0}:{channel_id}"
 
@@ -90,7 +96,8 @@ class DiscordIndex:
         self._decodes = asyncio.Semaphore(dc.find_decode_concurrency)
         # Images between the start of their download and the end of their decode: encoded files waiting
         # for a decoder never pile up (a page of 100 photos is not 100 files of 8 MB in memory).
-        self._in_flight = asyncio.Semaphore(dc.find_download_concurrency + dc.find_decode_concurrency)
+        bound = in_flight_bound(dc.find_download_concurrency, dc.find_decode_concurrency)
+        self._in_flight = asyncio.Semaphore(bound)
         self._locks: dict[str, asyncio.Lock] = {}
         self.tasks = Tasks()
         self.scans: dict[str, tuple[asyncio.Task[Any], ScanReport]] = {}  # running scans, by scope
