@@ -15,7 +15,7 @@ from models.manager import InferenceManager
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("bot.commands.classify", "bot.commands.imagine", "bot.commands.status", "bot.commands.find")
+EXTENSIONS = ("bot.commands.classify", "bot.commands.imagine", "bot.commands.status", "bot.find")
 
 
 # Iris never joins voice: no warnings about missing voice libraries.

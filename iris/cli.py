@@ -87,7 +87,7 @@ def cmd_find(args: argparse.Namespace) -> int:
     _check_range("-k", args.k, 1, MAX_FIND_K)
     engine = _engine(cfg)
     clip = engine.clip
-    with ImageIndex(args.index or cfg.index.path) as index:
+    with ImageIndex(args.index or cfg.index.path, cfg.index) as index:
         bar = _progress_bar("indexing", args.json)
         report = index_folder(
             index,

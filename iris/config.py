@@ -162,6 +162,22 @@ class DiscordConfig:
     find_k: Annotated[int, Range(ge=1, le=10)] = 9  # /find hits per page (a 3×3 grid; 10 at most)
     find_download_concurrency: Positive = 4  # image downloads at once while indexing
     find_downloads_per_s: Annotated[float, Range(ge=1)] = 20.0  # image downloads per second at most
+    find_allowed_hosts: list[str] = field(
+        default_factory=lambda: [
+            "cdn.discordapp.com",
+            "media.discordapp.net",
+            "images-ext-1.discordapp.net",
+            "images-ext-2.discordapp.net",
+        ]
+    )  # the only hosts /find downloads from (https); "http://host:port" allows exactly that origin
+    find_download_timeout_s: PositiveFloat = 30.0  # one image download, seconds at most
+    find_decode_concurrency: Positive = 2  # images decoded at once while indexing (bounds memory)
+    find_image_side: Annotated[int, Range(ge=32)] = (
+        224  # px: images are reduced while decoding to this short side (CLIP's input)
+    )
+    find_answer_after_s: Annotated[float, Range(gt=0, le=600)] = (
+        5.0  # /find waits this long for indexing, then answers with what is indexed (< the 15 min token)
+    )
 
 
 @dataclass(frozen=True)
@@ -173,6 +189,9 @@ class ImagesConfig:
 @dataclass(frozen=True)
 class IndexConfig:
     path: str = "iris-index.sqlite3"  # SQLite file of the image search index (relative: to the cwd)
+    tombstone_days: PositiveFloat = 7.0  # deleted messages remembered: a racing scan can't re-add them
+    retention_days: PositiveFloat = 30.0  # saved /find queries and query-image vectors kept
+    search_memory_mib: Positive = 4096  # search vectors in RAM; past it, least recent servers dropped
 
 
 @dataclass(frozen=True)

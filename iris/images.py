@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 import os
 import stat
 import struct
@@ -107,12 +108,18 @@ def load_image(
     source: bytes | str | os.PathLike[str],
     limits: ImageLimits = DEFAULT_LIMITS,
     name: str | None = None,
+    fit: int | None = None,
 ) -> Image.Image:
     """Decode an untrusted image into a fully loaded RGB image, or raise BadImage saying why not.
 
     `source` is the encoded bytes or a path; `name` (a file or attachment name) is how messages call it,
     by default the path. Animated images give their first frame; EXIF orientation is applied; transparency
     is composited over white.
+
+    `fit` (pixels) asks for a small image, as CLIP sees it: the shorter side is reduced to `fit` (JPEGs are
+    decoded at 1/2, 1/4 or 1/8 scale already, so a 12-megapixel photo never exists at full size) and the
+    longer side is centre-cropped to at most MAX_ASPECT times the shorter one, so a 16 × 2,500,000 strip
+    cannot grow into gigabytes when a model scales its short side up. CLIP centre-crops a square anyway.
     """
     if isinstance(source, bytes):
         data, who = source, image_name(name)
@@ -136,8 +143,12 @@ def load_image(
     _check_pixels(size, min(limits.max_pixels, Image.MAX_IMAGE_PIXELS or limits.max_pixels), who)
     try:
         with Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[fmt]]) as im:
+            if fit is not None and fmt == "jpeg":
+                im.draft("RGB", _draft_size(im.size, fit))  # DCT scaling: decodes fewer pixels
             im.load()  # the first frame only: an animation's later frames are never decoded
-            return _to_rgb(ImageOps.exif_transpose(im))
+            if fit is None:
+                return _to_rgb(ImageOps.exif_transpose(im))
+            return _fit(ImageOps.exif_transpose(im), fit)
     except Image.DecompressionBombError:  # a header that changed its mind between two reads
         raise BadImage(f"{who} is too large: over {limits.max_pixels:,} pixels.") from None
     except _DECODE_ERRORS as e:
@@ -146,6 +157,39 @@ def load_image(
     except Exception:
         log.warning("unexpected error decoding %s (%s)", who, fmt, exc_info=True)
         raise BadImage(f"{who} could not be read as an image.") from None
+
+
+MAX_ASPECT = 4  # with `fit`: the longer side is centre-cropped to at most this many times the shorter
+
+
+def _draft_size(size: tuple[int, int], fit: int) -> tuple[int, int]:
+    """The smallest size whose shorter side is still `fit` (draft picks a DCT scale at least this big)."""
+    width, height = size
+    scale = min(1.0, fit / max(1, min(width, height)))
+    return max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))
+
+
+def _fit(im: Image.Image, fit: int) -> Image.Image:
+    """Crop to MAX_ASPECT, then reduce so the shorter side is `fit` (a smaller image is kept as is)."""
+    width, height = im.size
+    short = min(width, height)
+    if max(width, height) > MAX_ASPECT * short:  # crop before converting: fewer pixels to copy
+        if width > height:
+            left = (width - MAX_ASPECT * short) // 2
+            im = im.crop((left, 0, left + MAX_ASPECT * short, height))
+        else:
+            top = (height - MAX_ASPECT * short) // 2
+            im = im.crop((0, top, width, top + MAX_ASPECT * short))
+    im = _to_rgb(im)
+    factor = min(im.size) // fit
+    if factor >= 2:  # a cheap box reduction by a whole factor first, then one exact resize
+        im = im.reduce(factor)
+    if min(im.size) > fit:
+        scale = fit / min(im.size)
+        im = im.resize(
+            (max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BICUBIC
+        )
+    return im
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -214,6 +258,7 @@ def human_bytes(n: int) -> str:
 __all__ = [
     "DEFAULT_LIMITS",
     "IMAGE_SUFFIXES",
+    "MAX_ASPECT",
     "ImageLimits",
     "check_size",
     "human_bytes",

@@ -6,12 +6,18 @@ import asyncio
 import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+import aiohttp
 import discord
+import numpy as np
 import pytest
 from discord.ext import commands
+from PIL import Image, ImageFilter, ImageOps
 
-from tests.fake_discord import Channel, FakeDiscord, Guild, Member
+from tests.fake_discord import GONE, Channel, FakeDiscord, Guild, Member, OutsideHost
+from tests.photos import MB, ODD, Photos, PhotoSpec, cached_photos, corpus, render, variant
 
 
 @dataclass
@@ -535,3 +541,191 @@ async def test_retrying_before_retry_after_is_caught(world: World):
         assert second.status == 200
     assert fake.errors and "retry_after was 0.500" in fake.errors[0]
     fake.errors.clear()
+
+
+# -- the CDN, signed links, embeds from other hosts ---------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Photos:
+    return cached_photos(tmp_path_factory)
+
+
+@pytest.fixture
+async def outside() -> AsyncIterator[OutsideHost]:
+    async with OutsideHost() as host:
+        yield host
+
+
+async def _get(url: str, **kwargs: Any) -> tuple[int, dict[str, str], list[bytes]]:
+    """Status, headers and the body as the pieces that arrived (aiohttp's iter_any: one per read)."""
+    async with aiohttp.ClientSession() as session, session.get(url, **kwargs) as resp:
+        return resp.status, dict(resp.headers), [piece async for piece in resp.content.iter_any()]
+
+
+async def test_cdn_sends_a_multi_megabyte_photo_in_many_chunked_pieces(world: World, photos: Photos):
+    fake, channel = world.fake, world.channel
+    spec = PhotoSpec(7, 2048, 1536, 2 * MB)
+    data = photos.get(spec)
+    message = await fake.post_message(channel, world.alice, attachments=[photos.attachment(spec)])
+    attachment = message.attachments[0]
+
+    status, headers, pieces = await _get(attachment.url)
+
+    assert status == 200 and headers["Content-Type"] == "image/jpeg"
+    assert headers.get("Transfer-Encoding") == "chunked" and "Content-Length" not in headers
+    assert b"".join(pieces) == data and len(data) > 1.5 * MB
+    assert len(pieces) >= len(data) // fake.cdn.chunk_bytes // 2  # arrived in pieces, not in one go
+    # So a client that reads "up to N bytes" once gets what has arrived so far: a fraction of the file.
+    async with aiohttp.ClientSession() as session, session.get(attachment.url) as resp:
+        first = await resp.content.read(len(data) + 1)
+    assert 0 < len(first) < len(data)
+    # discord.py's own Attachment.read reads to the end.
+    seen = await world.bot.get_channel(channel.id).fetch_message(message.id)  # type: ignore[union-attr]
+    assert await seen.attachments[0].read() == data
+
+
+async def test_a_client_that_stops_reading_is_no_fault_of_the_cdn(world: World, photos: Photos):
+    fake = world.fake
+    spec = PhotoSpec(8, 1600, 1200, 600_000)
+    message = await fake.post_message(world.channel, world.alice, attachments=[photos.attachment(spec)])
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(message.attachments[0].url) as resp:
+            first = await resp.content.readany()
+            resp.close()  # as a reader that hit its size cap does
+        assert 0 < len(first) < spec.target_bytes  # type: ignore[operator]
+        await fake.wait_for(lambda: fake.cdn.cut_short == 1)
+    assert fake.errors == []
+
+
+async def test_cdn_sends_content_length_by_default_or_for_a_file_that_asks(world: World, photos: Photos):
+    fake = world.fake
+    spec = PhotoSpec(8, 1600, 1200, 600_000)
+    message = await fake.post_message(world.channel, world.alice, attachments=[photos.attachment(spec)] * 2)
+    per_file, default = message.attachments
+    per_file.content_length = True
+
+    for attachment, with_length in ((per_file, True), (default, False), (default, True)):
+        fake.cdn.content_length = with_length and attachment is default
+        status, headers, pieces = await _get(attachment.url)
+        assert status == 200 and b"".join(pieces) == attachment.data
+        if with_length:
+            assert headers["Content-Length"] == str(attachment.size) and "Transfer-Encoding" not in headers
+        else:
+            assert headers["Transfer-Encoding"] == "chunked" and "Content-Length" not in headers
+
+
+async def test_signed_links_expire_on_the_fake_clock_and_a_refetch_signs_them_again(world: World):
+    fake, channel = world.fake, world.channel
+    message = await fake.post_message(channel, world.alice, attachments=[("a.png", _png(), "image/png")])
+    bot_channel = world.bot.get_channel(channel.id)
+    old = (await bot_channel.fetch_message(message.id)).attachments[0]  # type: ignore[union-attr]
+    query = parse_qs(urlsplit(old.url).query)
+    issued, expires = int(query["is"][0], 16), int(query["ex"][0], 16)
+    assert abs(issued - fake.clock.now()) < 5 and expires - issued == fake.cdn.lifetime_s
+    assert len(query["hm"][0]) == 64 and old.url.endswith("&")
+    assert urlsplit(old.proxy_url).path.startswith("/media/attachments/")
+    assert urlsplit(old.proxy_url).query == urlsplit(old.url).query  # one signature for both hosts
+    assert old.width == 8 and old.height == 4
+    for url in (old.url, old.proxy_url):
+        assert (await _get(url))[0] == 200
+    forged = old.url.replace(query["hm"][0], "0" * 64)
+    later = old.url.replace(query["ex"][0], f"{expires + 3600:x}")  # a longer life needs a new signature
+    bare = old.url.split("?")[0]
+    for url in (forged, later, bare):
+        status, _, body = await _get(url)
+        assert (status, b"".join(body).decode()) == (404, GONE)
+
+    fake.clock.advance(fake.cdn.lifetime_s + 60)
+
+    for url in (old.url, old.proxy_url):
+        status, _, body = await _get(url)
+        assert (status, b"".join(body).decode()) == (404, GONE)
+    new = (await bot_channel.fetch_message(message.id)).attachments[0]  # type: ignore[union-attr]
+    assert new.url != old.url
+    route = discord.http.Route("POST", "/attachments/refresh-urls")
+    answer = await world.bot.http.request(route, json={"attachment_urls": [old.url, old.proxy_url, bare]})
+    refreshed = [r["refreshed"] for r in answer["refreshed_urls"]]
+    assert [r["original"] for r in answer["refreshed_urls"]] == [old.url, old.proxy_url, bare]
+    assert urlsplit(refreshed[1]).path == urlsplit(old.proxy_url).path
+    for url in (new.url, new.proxy_url, *refreshed):
+        status, _, body = await _get(url)
+        assert status == 200 and b"".join(body) == message.attachments[0].data
+    assert fake.count_requests("GET", r"^/(cdn|media)/attachments/", status=404) == 5
+
+
+async def test_an_embed_from_another_host_is_served_by_the_proxy_only(world: World, outside: OutsideHost):
+    fake, channel = world.fake, world.channel
+    picture = _png()
+    original = outside.put("/cat.png", picture, "image/png")
+    moved = outside.url("/elsewhere.png")
+    await fake.post_message(
+        channel,
+        world.alice,
+        original,
+        embeds=[
+            fake.image_embed(original, picture, "image/png"),
+            fake.image_embed(original, picture, "image/png", rich=True, proxy_redirect_to=moved),
+        ],
+    )
+    message = await fake.wait_for(lambda: world.seen.messages and world.seen.messages[-1])
+    link, rich = message.embeds
+
+    assert link.type == "image" and link.thumbnail.url == original
+    assert rich.type == "rich" and rich.image.url == original
+    assert (link.thumbnail.width, link.thumbnail.height) == (8, 4)
+    for proxied in (link.thumbnail.proxy_url, rich.image.proxy_url):
+        assert urlsplit(proxied).netloc == urlsplit(fake.base_url).netloc != outside.host
+    status, _, body = await _get(link.thumbnail.proxy_url)
+    assert status == 200 and b"".join(body) == picture
+    status, headers, _ = await _get(rich.image.proxy_url, allow_redirects=False)
+    assert status == 302 and headers["Location"] == moved
+    assert outside.hits == []  # the fake never fetches the original
+
+    # The counter does count: a client that follows the redirect reaches the outside host.
+    outside.redirect("/elsewhere.png", original)
+    status, _, body = await _get(rich.image.proxy_url)
+    assert status == 200 and b"".join(body) == picture
+    assert [h.path for h in outside.hits] == ["/elsewhere.png", "/cat.png"]
+    assert outside.address == "127.0.0.2" or outside.port != fake.port
+
+
+def _png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 4), (200, 30, 30)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+async def test_photos_are_real_photos_at_real_sizes_and_in_odd_shapes(photos: Photos):
+    cap = 500_000
+    specs = corpus(3, seed=5, max_bytes=cap, over_cap=1)
+    over, *ordinary = specs
+    for spec in specs:
+        data = photos.get(spec)
+        image = Image.open(io.BytesIO(data))
+        assert (image.format, image.size, image.mode) == ("JPEG", (spec.width, spec.height), "RGB")
+        assert spec.target_bytes and abs(len(data) - spec.target_bytes) <= 0.15 * spec.target_bytes
+        # A drawn scene, not noise: it has large-scale structure (noise averages out to flat grey at 1/16
+        # scale), and the sky is smooth at the top left.
+        assert np.asarray(image.convert("L").reduce(16), dtype=np.float32).std() > 25
+        sky = np.asarray(image.crop((0, 0, 32, 32)).filter(ImageFilter.BoxBlur(4)), dtype=np.float32)
+        assert sky.std(axis=(0, 1)).max() < 12
+    assert len(photos.get(over)) > cap > max(len(photos.get(s)) for s in ordinary)
+    assert photos.get(specs[1]) == render(specs[1])  # the same seed draws the same photo
+    copy = variant(photos.get(specs[1]), 7)  # other bytes, same pixels: what benchmarks multiply
+    assert copy != photos.get(specs[1])
+    assert Image.open(io.BytesIO(copy)).tobytes() == Image.open(io.BytesIO(photos.get(specs[1]))).tobytes()
+
+    def opened(name: str) -> Image.Image:
+        return Image.open(io.BytesIO(photos.odd(name)))
+
+    assert opened("portrait").height > opened("portrait").width
+    assert opened("panorama").width >= 4 * opened("panorama").height
+    alpha = opened("png_alpha")
+    assert alpha.mode == "RGBA" and alpha.getextrema()[3] == (0, 255)
+    assert opened("progressive").info.get("progressive") and opened("cmyk").mode == "CMYK"
+    rotated = opened("exif_rotated")
+    assert rotated.getexif()[0x0112] == 6
+    assert ImageOps.exif_transpose(rotated).size == ODD["exif_rotated"].display_size == (1536, 2048)
+    assert opened("strip").size == (16, 40_000)

@@ -17,8 +17,9 @@ from PIL import Image
 from bot.app import IrisBot
 from iris.config import parse_config
 from tests.conftest import engine_for
-from tests.fake_discord import FakeDiscord
+from tests.fake_discord import FakeDiscord, OutsideHost
 from tests.fake_discord.models import MANAGE_MESSAGES
+from tests.photos import cached_photos
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -131,3 +132,16 @@ def posted_final(w):
 
 async def final_of(fake, record, timeout=30.0):
     return await fake.wait_for(lambda: record.original if is_final(record.original) else None, timeout)
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory):
+    """Realistic photos (tests/photos.py), each generated once per test run."""
+    return cached_photos(tmp_path_factory)
+
+
+@pytest.fixture
+async def outside():
+    """A host outside Discord that counts every request (`outside.hits`), for embeds that point at it."""
+    async with OutsideHost() as host:
+        yield host

@@ -3,15 +3,40 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
+import itertools
 import re
+import sqlite3
+from contextlib import asynccontextmanager
 
 import numpy as np
 from PIL import Image
 
+from bot.app import IrisBot
+from bot.find._render import BACKGROUND
 from models.toy import world
 from tests.bot.conftest import png
+from tests.conftest import engine_for
 from tests.fake_discord.models import READ_MESSAGE_HISTORY, VIEW_CHANNEL
+
+
+@asynccontextmanager
+async def find_bot(w, *, max_bytes: int | None = None, **overrides):
+    """A bot that may download from the fake's CDN and media proxy (one origin: http://127.0.0.1:PORT), and
+    waits for whole scans before answering (tests of partial answers set find_answer_after_s)."""
+    cfg = w.config(**{"find_allowed_hosts": [w.fake.base_url], "find_answer_after_s": 120.0, **overrides})
+    if max_bytes is not None:
+        cfg = dataclasses.replace(cfg, images=dataclasses.replace(cfg.images, max_bytes=max_bytes))
+    bot = IrisBot(cfg, engine_for(cfg, w.shared), guild_ready_timeout=0.1)
+    async with w.fake.run_bot(bot):
+        yield bot
+
+
+def reds(n: int, skip: int = 0) -> list:
+    """The toy world's first red circles (made one by one: rendering samples costs time)."""
+    found = (s for s in (world.sample(i) for i in itertools.count()) if s.label == "red circle")
+    return list(itertools.islice(found, skip, skip + n))
 
 
 def numbers(reply) -> list[str]:
@@ -50,7 +75,7 @@ async def test_300_images_over_3_channels_find_blue_squares(w):
         posted.update(
             await post_samples(w, channel, samples[n * 100 : (n + 1) * 100], [w.alice, w.bob, w.mod])
         )
-    async with w.bot():
+    async with find_bot(w):
         reply = await run_find(w, w.channel, w.alice, query="a blue square", scope="server", k=9)
         more = await w.fake.click(reply, "Next page", user=w.alice)
         page2 = await w.fake.wait_for(
@@ -78,12 +103,12 @@ async def test_privacy_channels_threads_and_overwrites(w):
         "announcements",
         overwrites={everyone: (0, READ_MESSAGE_HISTORY), staff: (can, 0), bot_role: (can, 0)},
     )
-    red = [world.sample(s) for s in range(2000) if world.sample(s).label == "red circle"][:12]
+    red = reds(12)
     for place, chunk in ((secret, red[:4]), (thread, red[4:8]), (no_history, red[8:])):
         await post_samples(w, place, chunk, [boss])
     await post_samples(w, w.channel, list(world.samples(6, seed=8)), [w.alice])
     hidden = {str(m.id) for ch in (secret, thread, no_history) for m in w.fake.channel_messages(ch)}
-    async with w.bot():
+    async with find_bot(w):
         seen_by_boss = await run_find(w, w.channel, boss, query="a red circle", scope="server", k=9)
         assert set(numbers(seen_by_boss)) & hidden  # indexed, and shown to those who may read them
         seen_by_alice = await run_find(w, w.channel, w.alice, query="a red circle", scope="server", k=9)
@@ -95,7 +120,7 @@ async def test_privacy_channels_threads_and_overwrites(w):
 async def test_delete_edit_and_incremental_rescan(w):
     samples = list(world.samples(12, seed=9))
     posted = await post_samples(w, w.channel, samples, [w.alice])
-    async with w.bot():
+    async with find_bot(w):
         first = await run_find(w, w.channel, w.alice, query="a green circle", k=9)
         history = w.fake.count_requests("GET", r"/channels/\d+/messages$")
         victim_id = numbers(first)[0]
@@ -116,8 +141,6 @@ async def test_delete_edit_and_incremental_rescan(w):
 
 
 def numbers_of_index(w, message_id):
-    import sqlite3
-
     db = sqlite3.connect(w.tmp / "index.sqlite3")
     try:
         return [r for r in db.execute("SELECT key FROM items WHERE key LIKE ?", (f"{message_id}/%",))]
@@ -126,26 +149,20 @@ def numbers_of_index(w, message_id):
 
 
 async def test_an_edit_reindexes_the_message(w):
-    host = await w.fake.post_message(
-        w.fake.add_channel(w.guild, "uploads"),
-        w.bob,
-        attachments=[
-            ("r.png", png(world.make_image("red", "circle", 5)), "image/png"),
-            ("b.png", png(world.make_image("blue", "square", 6)), "image/png"),
-        ],
-    )
-    red_url, blue_url = (a.url for a in host.attachments)
+    red, blue = world.make_image("red", "circle", 5), world.make_image("blue", "square", 6)
     others = [s for s in world.samples(24, seed=21) if s.colour != "blue"][:8]
     await post_samples(w, w.channel, others, [w.alice])
+    # A link to a picture elsewhere: Discord embeds it, and its media proxy serves a copy.
     message = await w.fake.post_message(
-        w.channel, w.alice, embeds=[{"type": "image", "image": {"url": red_url}}]
+        w.channel, w.alice, embeds=[w.fake.image_embed("https://pics.example/red.png", png(red), "image/png")]
     )
-    async with w.bot() as bot:
+    async with find_bot(w) as bot:
         await run_find(w, w.channel, w.alice, query="a red circle", k=3)
         index = bot.get_cog("Find").index
         scope = f"discord:{w.guild.id}:{w.channel.id}"
         before = index.items(scope)[f"{message.id}/e0"][0]
-        await w.fake.edit_message(message, embeds=[{"type": "image", "image": {"url": blue_url}}])
+        blue_embed = w.fake.image_embed("https://pics.example/blue.png", png(blue), "image/png")
+        await w.fake.edit_message(message, embeds=[blue_embed])
         await w.fake.wait_for(lambda: index.items(scope).get(f"{message.id}/e0", (before,))[0] != before)
         reply = await run_find(w, w.channel, w.alice, query="a blue square", k=3)
         assert numbers(reply)[0] == str(message.id)
@@ -154,7 +171,7 @@ async def test_an_edit_reindexes_the_message(w):
 async def test_a_killed_scan_resumes_without_duplicates(w):
     samples = list(world.samples(250, seed=31))
     await post_samples(w, w.channel, samples, [w.alice, w.bob])
-    async with w.bot() as bot:
+    async with find_bot(w) as bot:
         find = bot.get_cog("Find")
         scope = f"discord:{w.guild.id}:{w.channel.id}"
         task = asyncio.create_task(find.discord_index.scan(bot.get_channel(w.channel.id)))
@@ -197,7 +214,7 @@ def _bad_corpus() -> list[tuple[str, bytes, str]]:
 async def test_bad_attachments_are_skipped_and_counted(w):
     for name, data, ctype in _bad_corpus():
         await w.fake.post_message(w.channel, w.alice, attachments=[(name, data, ctype)])
-    async with w.bot() as bot:
+    async with find_bot(w) as bot:
         find = bot.get_cog("Find")
         report = await find.discord_index.scan(bot.get_channel(w.channel.id))
         assert report.bad == 4 and report.indexed == 4, report
@@ -213,7 +230,7 @@ async def test_bad_attachments_are_skipped_and_counted(w):
 async def test_progress_image_query_and_more_like(w):
     samples = list(world.samples(150, seed=41))
     posted = await post_samples(w, w.channel, samples, [w.alice, w.bob])
-    async with w.bot():
+    async with find_bot(w):
         rec = await w.fake.invoke_slash("find", user=w.alice, channel=w.channel, query="a yellow triangle")
         progress = await w.fake.wait_for(
             lambda: rec.original if rec.original and rec.original.content.startswith("Indexing") else None, 60
@@ -225,7 +242,7 @@ async def test_progress_image_query_and_more_like(w):
         by_image = await run_find(w, w.channel, w.alice, image=("q.png", probe, "image/png"))
         labels = [posted[i].label for i in numbers(by_image)]
         assert labels[0] == "yellow triangle" and sum(lb == "yellow triangle" for lb in labels) >= 6, labels
-        like = await w.fake.click(first, "More like #1", user=w.bob)
+        like = await w.fake.click(first, "More like #1", user=w.alice)
         similar = await w.fake.wait_for(
             lambda: like.original if like.original and like.original.embeds else None
         )
@@ -241,7 +258,7 @@ async def test_excluded_channels_are_never_scanned_or_shown(w):
         await post_samples(w, place, list(world.samples(6, seed=51)), [w.alice])
     admin_role = w.fake.add_role(w.guild, "admins", permissions=1 << 5)  # manage server
     admin = w.fake.add_member(w.guild, "ada", roles=[admin_role])
-    async with w.bot(guilds={str(w.guild.id): {"find_excluded": [str(by_config.id)]}}):
+    async with find_bot(w, guilds={str(w.guild.id): {"find_excluded": [str(by_config.id)]}}):
         rec = await w.fake.invoke_slash("find-exclude", user=admin, channel=w.channel, target=hidden)
         await rec.wait_followups(1)
         assert "kept out" in rec.followups[-1].content
@@ -255,16 +272,81 @@ async def test_excluded_channels_are_never_scanned_or_shown(w):
             assert w.fake.count_requests("GET", rf"/channels/{ch.id}/messages$") == history_before[ch.id]
 
 
-async def test_a_model_change_reembeds_lazily(w):
+async def test_a_model_change_reembeds_lazily_from_fresh_links(w):
     await post_samples(w, w.channel, list(world.samples(10, seed=61)), [w.alice])
-    async with w.bot() as bot:
+    scope = f"discord:{w.guild.id}:{w.channel.id}"
+    async with find_bot(w) as bot:
         find = bot.get_cog("Find")
-        channel = bot.get_channel(w.channel.id)
-        assert (await find.discord_index.scan(channel)).indexed == 10
-        find.index._db.execute("UPDATE vectors SET model_id = 'an-older-clip'")  # as if made by another model
-        find.index._version += 1
-        assert await run_find(w, w.channel, w.alice, query="a red circle") is not None
-        scope = f"discord:{w.guild.id}:{w.channel.id}"
-        assert find.index.missing_for_model(scope, await bot.manager.model_id()) == []
+        assert (await find.discord_index.scan(bot.get_channel(w.channel.id))).indexed == 10
+        model_id = await bot.manager.model_id()
+    db = sqlite3.connect(w.tmp / "index.sqlite3")
+    with db:
+        db.execute("UPDATE vectors SET model_id = 'an-older-clip'")  # as if made by another model
+    db.close()
+    w.fake.clock.advance(3 * 24 * 3600)  # every link the first bot saw has expired since
+    async with find_bot(w) as bot:
+        find = bot.get_cog("Find")
         reply = await run_find(w, w.channel, w.alice, query="a red circle", k=9)
         assert len(numbers(reply)) == 9
+        assert find.index.missing_for_model(scope, model_id) == [] and find.index.count(scope) == 10
+    # The messages were fetched again for links signed now: no expired link was ever tried.
+    assert w.fake.count_requests("GET", r"^/(cdn|media)/", status=404) == 0
+
+
+async def test_answers_come_from_thumbnails_after_links_expire(w):
+    await post_samples(w, w.channel, list(world.samples(12, seed=62)), [w.alice])
+    async with find_bot(w) as bot:
+        await run_find(w, w.channel, w.alice, query="a red circle", k=9)  # indexes the channel
+        w.fake.clock.advance(2 * 24 * 3600)
+        downloads = w.fake.count_requests("GET", r"^/(cdn|media|external)/")
+        reply = await run_find(w, w.channel, w.alice, query="a green circle", k=9)
+        assert w.fake.count_requests("GET", r"^/(cdn|media|external)/") == downloads  # none at query time
+        sheet = Image.open(io.BytesIO(reply.attachments[0].data)).convert("RGB")
+        for i in range(9):  # every cell holds a picture, not the grey of a failed download
+            x, y = (i % 3) * 128 + 64, (i // 3) * 128 + 64
+            assert sheet.getpixel((x, y)) != BACKGROUND, i
+        find = bot.get_cog("Find")
+        scope = f"discord:{w.guild.id}:{w.channel.id}"
+        for key in find.index.items(scope):
+            thumb = find.index.thumbnail(scope, key)
+            assert thumb is not None and max(Image.open(io.BytesIO(thumb)).size) <= 256
+
+
+async def test_more_like_on_an_old_answer_after_a_model_change_and_expired_links(w):
+    posted = await post_samples(w, w.channel, list(world.samples(30, seed=63)), [w.alice])
+    async with find_bot(w):
+        old = await run_find(w, w.channel, w.alice, query="a yellow triangle", k=9)
+    db = sqlite3.connect(w.tmp / "index.sqlite3")
+    with db:
+        db.execute("UPDATE vectors SET model_id = 'an-older-clip'")
+    db.close()
+    w.fake.clock.advance(3 * 24 * 3600)
+    async with find_bot(w):  # a restart with a new model: the old answer's buttons still work
+        like = await w.fake.click(old, "More like #1", user=w.alice)
+        similar = await w.fake.wait_for(
+            lambda: like.original if like.original and like.original.embeds else None, 60
+        )
+    first = posted[numbers(old)[0]].label
+    labels = [posted[i].label for i in numbers(similar)]
+    assert similar.ephemeral and sum(lb == first for lb in labels) >= 3, labels
+    assert w.fake.count_requests("GET", r"^/(cdn|media)/", status=404) == 0
+
+
+async def test_items_indexed_without_thumbnails_get_them_from_fresh_links(w):
+    await post_samples(w, w.channel, list(world.samples(9, seed=64)), [w.alice])
+    async with find_bot(w) as bot:
+        await bot.get_cog("Find").discord_index.scan(bot.get_channel(w.channel.id))
+    db = sqlite3.connect(w.tmp / "index.sqlite3")
+    with db:
+        db.execute("DELETE FROM thumbs")  # as an index made before thumbnails were kept
+    db.close()
+    w.fake.clock.advance(2 * 24 * 3600)  # and the links it saw have expired
+    before = w.fake.count_requests("GET", r"^/(cdn|media)/", status=200)
+    async with find_bot(w):
+        reply = await run_find(w, w.channel, w.alice, query="a red circle", k=9)
+        sheet = Image.open(io.BytesIO(reply.attachments[0].data)).convert("RGB")
+        assert all(sheet.getpixel(((i % 3) * 128 + 64, (i // 3) * 128 + 64)) != BACKGROUND for i in range(9))
+        downloads = w.fake.count_requests("GET", r"^/(cdn|media)/", status=200)
+        assert downloads - before == 9 and w.fake.count_requests("GET", r"^/(cdn|media)/", status=404) == 0
+        await run_find(w, w.channel, w.alice, query="a blue square", k=9)
+        assert w.fake.count_requests("GET", r"^/(cdn|media)/", status=200) == downloads  # kept this time

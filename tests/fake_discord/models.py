@@ -5,7 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .cdn import Cdn
 
 DISCORD_EPOCH_MS = 1_420_070_400_000
 
@@ -267,12 +270,24 @@ class Attachment:
     filename: str
     data: bytes
     content_type: str | None
-    url: str
+    path: str  # /attachments/{channel id}/{id}/{filename}: the same below the CDN and the media proxy
+    cdn: Cdn  # signs its links
     description: str | None = None
+    dimensions: tuple[int, int] | None = None  # (width, height) for images, as Discord reports them
+    content_length: bool | None = None  # send a Content-Length (else chunked)? None: the CDN's default
 
     @property
     def size(self) -> int:
         return len(self.data)
+
+    @property
+    def url(self) -> str:
+        """A link signed now, valid for the CDN's link lifetime on the fake clock."""
+        return self.cdn.url(self)
+
+    @property
+    def proxy_url(self) -> str:
+        return self.cdn.proxy_url(self)
 
     def payload(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -280,12 +295,14 @@ class Attachment:
             "filename": self.filename,
             "size": self.size,
             "url": self.url,
-            "proxy_url": self.url,
+            "proxy_url": self.proxy_url,
         }
         if self.content_type:
             data["content_type"] = self.content_type
         if self.description:
             data["description"] = self.description
+        if self.dimensions:
+            data["width"], data["height"] = self.dimensions
         return data
 
 

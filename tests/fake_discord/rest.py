@@ -1,4 +1,4 @@
-"""REST routes the bot calls with its token: itself, commands, guilds, channels, messages, the CDN."""
+"""REST routes the bot calls with its token: itself, commands, guilds, channels, messages."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from .wire import (
     APIError,
     Body,
     form_error,
+    invalid_form,
     json_response,
     message_fields,
     no_content,
@@ -102,8 +103,8 @@ class RestRoutes:
             ("PUT", message + "/reactions/{emoji}/@me", self.react),
             ("DELETE", message + "/reactions/{emoji}/@me", self.unreact),
             ("POST", channel + "/threads", self.create_thread),
+            ("POST", API + "/attachments/refresh-urls", self.refresh_urls),
             ("POST", message + "/threads", self.thread_from_message),
-            ("GET", "/cdn/attachments/{channel_id}/{attachment_id}/{filename}", self.cdn),
         ]
         for method, path, handler in routes:
             app.router.add_route(method, path, handler)
@@ -364,12 +365,12 @@ class RestRoutes:
         thread = self.state.add_channel(parent.guild, name, "thread", parent=parent, channel_id=message.id)
         return json_response(thread.payload(), 201)
 
-    # -- the CDN -----------------------------------------------------------------------------------
+    # -- attachment links --------------------------------------------------------------------------
 
-    async def cdn(self, request: web.Request) -> web.Response:
-        attachment = self.state.attachments.get(int(request.match_info["attachment_id"]))
-        if attachment is None:
-            return web.Response(status=404, text="Not Found")
-        return web.Response(
-            body=attachment.data, content_type=attachment.content_type or "application/octet-stream"
-        )
+    async def refresh_urls(self, request: web.Request) -> web.Response:
+        """Fresh signed links for old (even expired) ones, as Discord's endpoint gives them."""
+        urls = (await request.json()).get("attachment_urls")
+        if not isinstance(urls, list) or not 1 <= len(urls) <= 50:
+            raise invalid_form("attachment_urls", "Must be between 1 and 50 in length.")
+        refreshed = [{"original": u, "refreshed": self.state.cdn.refresh(u)} for u in urls]
+        return json_response({"refreshed_urls": refreshed})

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .cdn import Cdn, image_size
 from .clock import FakeClock
 from .gateway import Gateway
 from .interactions import (
@@ -35,13 +36,14 @@ from .wire import APIError, json_response
 log = logging.getLogger(__name__)
 
 DEFAULT_ATTACHMENT_SIZE_LIMIT = 10 * 1024 * 1024  # Discord's per-file default since 2024 (was 8 MiB)
+_CDN_PREFIXES = ("/cdn/", "/media/", "/external/")  # the CDN, the media proxy, proxied embed images
 AttachmentSpec = tuple[str, bytes] | tuple[str, bytes, str]  # (filename, data[, content type])
 
 
 @dataclass(frozen=True)
 class RequestRecord:
     method: str
-    path: str  # below /api/v10 ("/channels/1/messages"), or the CDN path
+    path: str  # below /api/v10 ("/channels/1/messages"), or the CDN path ("/cdn/attachments/...")
     time: float  # on the fake clock
     status: int
     query: str = ""
@@ -93,6 +95,11 @@ class FakeDiscord:
         return f"ws://127.0.0.1:{self.port}/resume"
 
     @property
+    def cdn(self) -> Cdn:
+        """The CDN and media proxy: link lifetime, piece size and delay are its attributes."""
+        return self.state.cdn
+
+    @property
     def bot(self) -> User:
         return self.state.bot
 
@@ -110,11 +117,12 @@ class FakeDiscord:
         app.router.add_get("/", self.gateway.handle)
         app.router.add_get("/resume", self.gateway.handle)
         RestRoutes(self).register(app)
+        self.cdn.register(app)
         WebhookRoutes(self).register(app)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
-        self.state.cdn_base = self.base_url + "/cdn"
+        self.cdn.base = self.base_url
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()
@@ -169,7 +177,7 @@ class FakeDiscord:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
         path = request.path
-        is_api, is_cdn = path.startswith(API + "/"), path.startswith("/cdn/")
+        is_api, is_cdn = path.startswith(API + "/"), path.startswith(_CDN_PREFIXES)
         if not (is_api or is_cdn):
             return await handler(request)  # the gateway
         relative = path[len(API) :] if is_api else path
@@ -321,6 +329,30 @@ class FakeDiscord:
             type=19 if reply_to else 0,
             reference=reply_to.id if reply_to else None,
         )
+
+    def image_embed(
+        self,
+        url: str,
+        data: bytes,
+        content_type: str = "image/jpeg",
+        *,
+        rich: bool = False,
+        proxy_redirect_to: str | None = None,
+    ) -> dict[str, Any]:
+        """The embed Discord adds for an image at `url` on another host, for `post_message(embeds=...)`.
+
+        A posted image link gets a `type: "image"` embed with the picture as its `thumbnail`; a bot's rich
+        embed (`rich=True`) has it as `image`. Either way `url` stays the original (the fake never fetches
+        it) and `proxy_url` points at the fake's media proxy, which serves `data`, or answers 302 to
+        `proxy_redirect_to` if given.
+        """
+        proxy_url = self.cdn.add_external(url, data, content_type, redirect_to=proxy_redirect_to)
+        picture: dict[str, Any] = {"url": url, "proxy_url": proxy_url, "content_type": content_type}
+        if size := image_size(data):
+            picture["width"], picture["height"] = size
+        if rich:
+            return {"type": "rich", "title": "a picture", "image": picture}
+        return {"type": "image", "url": url, "thumbnail": picture}
 
     async def edit_message(
         self, message: Message, content: str | None = None, *, embeds: Iterable[dict[str, Any]] | None = None

@@ -11,8 +11,8 @@ import itertools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
+from .cdn import Cdn, image_size
 from .clock import FakeClock
 from .models import (
     ADMINISTRATOR,
@@ -47,7 +47,6 @@ class FakeState:
     def __init__(self, clock: FakeClock, *, bot_name: str, bot_permissions: int) -> None:
         self.clock = clock
         self.bot_permissions = bot_permissions
-        self.cdn_base = ""  # set once the server knows its port
         self._last_id = 0
         self._increment = itertools.count()
         self.application_id = self.snowflake()
@@ -58,6 +57,7 @@ class FakeState:
         self.channels: dict[int, Channel] = {}
         self.messages: dict[int, Message] = {}
         self.attachments: dict[int, Attachment] = {}
+        self.cdn = Cdn(clock, self.attachments)
         self.interactions: dict[int, InteractionRecord] = {}
         self.by_token: dict[str, InteractionRecord] = {}
         self.commands: dict[int | None, list[dict[str, Any]]] = {}  # guild id (None: global) → synced tree
@@ -287,9 +287,13 @@ class FakeState:
         content_type: str | None = None,
         description: str | None = None,
     ) -> Attachment:
+        """A file stored on the CDN; its `url` and `proxy_url` are signed afresh each time they are read."""
         attachment_id = self.snowflake()
-        url = f"{self.cdn_base}/attachments/{channel.id}/{attachment_id}/{quote(filename)}"
-        attachment = Attachment(attachment_id, filename, data, content_type, url, description)
+        path = f"/attachments/{channel.id}/{attachment_id}/{filename}"
+        dimensions = image_size(data) if (content_type or "image/").startswith("image/") else None
+        attachment = Attachment(
+            attachment_id, filename, data, content_type, path, self.cdn, description, dimensions
+        )
         self.attachments[attachment_id] = attachment
         return attachment
 

@@ -1,0 +1,234 @@
+"""The in-memory search structures of an index: one per server (or folder) and model, kept current.
+
+A group (a Discord server's channels `discord:GUILD:*`, or one folder) is loaded once, from one
+snapshot, on a connection of its own; after that every write, from this process or another, reaches it
+as a delta read from the `changes` log (new rows appended, removed ones masked), never a rebuild.
+`SearchCache` bounds the memory of all groups together, dropping the least recently searched first.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from iris.index.sql import chunks, qs
+from iris.index.vectors import GroupVectors, View
+
+log = logging.getLogger(__name__)
+
+GroupKey = tuple[str, str]  # (group, model id)
+
+
+def group_of(scope: str) -> str:
+    """The group a scope is searched in: a Discord server's channels share one; any other scope is its own."""
+    if scope.startswith("discord:"):
+        head, sep, _ = scope[len("discord:") :].partition(":")
+        if sep:
+            return f"discord:{head}:"
+    return scope
+
+
+def _vectors(blobs: Sequence[bytes]) -> np.ndarray:
+    """(len(blobs), dim) float16 from the stored little-endian blobs."""
+    return np.frombuffer(b"".join(blobs), dtype="<f2").reshape(len(blobs), -1)
+
+
+def _scope_range(group: str) -> tuple[str, str]:
+    """scope >= lo AND scope < hi selects exactly the group's scopes."""
+    if group.endswith(":"):
+        return group, group[:-1] + ";"  # ';' follows ':'
+    return group, group + "\0"
+
+
+class SearchCache:
+    """The loaded groups (least recently searched first) and how far into `changes` they are.
+
+    Not locked itself: the owning ImageIndex calls it under its lock, on its connection."""
+
+    def __init__(self, db: sqlite3.Connection, max_bytes: int) -> None:
+        self._db = db
+        self.max_bytes = max_bytes
+        self._groups: OrderedDict[tuple[str, str], GroupVectors] = OrderedDict()
+        self._cursor = 0  # last `changes` seq applied to every loaded group
+        self._seen: tuple[int, int] | None = None  # (data_version, total_changes) at the last check
+        self.loads = 0  # whole-group loads (first search, after eviction or a pruned log)
+        self.updates = 0  # delta applications to a loaded group
+        self.evictions = 0
+        self._warned: set[str] = set()
+
+    def clear(self) -> None:
+        self._groups.clear()
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "groups": len(self._groups),
+            "vectors": sum(g.live for g in self._groups.values()),
+            "bytes": sum(g.nbytes for g in self._groups.values()),  # allocated, spare room included
+            "used_bytes": sum(g.used_bytes for g in self._groups.values()),  # rows in use
+            "loads": self.loads,
+            "updates": self.updates,
+            "evictions": self.evictions,
+        }
+
+    def views(self, group: str, model_id: str, scopes: Sequence[str]) -> list[View] | None:
+        """The current rows of `scopes` (all in `group`) after applying the delta; None: not loaded."""
+        self.catch_up()
+        g = self._groups.get((group, model_id))
+        if g is None:
+            return None
+        self._groups.move_to_end((group, model_id))
+        return g.views(scopes)
+
+    def adopt(self, group: str, model_id: str, g: GroupVectors, seq: int) -> GroupVectors:
+        """Take a group loaded on another connection as of change `seq`: the changes logged since are
+        replayed on it (replaying is idempotent), then it joins the others at the common cursor."""
+        self.catch_up()
+        key = (group, model_id)
+        if key in self._groups:  # another thread loaded it meanwhile
+            return self._groups[key]
+        if seq < self._cursor:
+            first = self._db.execute("SELECT MIN(seq) FROM changes").fetchone()[0]
+            if first is None or first > seq + 1:  # pruned meanwhile: load again, under the lock
+                g, _ = load_group(self._db, group, model_id)
+            else:
+                rows = self._db.execute(
+                    "SELECT seq, item, scope, content_hash, model_id FROM changes "
+                    "WHERE seq > ? AND seq <= ? ORDER BY seq",
+                    (seq, self._cursor),
+                ).fetchall()
+                self._replay(rows, {key: g})
+        self._groups[key] = g
+        self.loads += 1
+        self._enforce_bound(keep=key)
+        return g
+
+    # -- keeping up with the database ------------------------------------------------------------------
+    def _last_seq(self) -> int:
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
+        return int(row[0]) if row else 0
+
+    def catch_up(self) -> None:
+        """Apply every change logged since the last call, whichever connection made it."""
+        # data_version moves when another connection commits, total_changes when this one writes.
+        seen = (int(self._db.execute("PRAGMA data_version").fetchone()[0]), self._db.total_changes)
+        if seen == self._seen:
+            return
+        self._seen = seen
+        if not self._groups:
+            self._cursor = self._last_seq()
+            return
+        first = self._db.execute("SELECT MIN(seq) FROM changes").fetchone()[0]
+        if (first or self._last_seq() + 1) > self._cursor + 1:
+            log.info("search: the change log was pruned past this reader; reloading on demand")
+            self._groups.clear()
+            self._cursor = self._last_seq()
+            return
+        rows = self._db.execute(
+            "SELECT seq, item, scope, content_hash, model_id FROM changes WHERE seq > ? ORDER BY seq",
+            (self._cursor,),
+        ).fetchall()
+        if not rows:
+            return
+        self._cursor = rows[-1][0]
+        self._replay(rows, self._groups)
+
+    def _replay(
+        self, rows: Sequence[tuple[int, Any, Any, Any, Any]], groups: Mapping[GroupKey, GroupVectors]
+    ) -> None:
+        """Apply logged changes (seq, item, scope, content_hash, model_id) to `groups`."""
+        items: dict[str, set[int]] = {}  # scope -> changed item rowids
+        hashes: dict[str, set[str]] = {}  # model -> hashes given a vector
+        for _, item, scope, content_hash, model_id in rows:
+            if item is not None:
+                items.setdefault(scope, set()).add(item)
+            else:
+                hashes.setdefault(model_id, set()).add(content_hash)
+        models = {m for _, m in groups}
+        for model_id, hs in hashes.items():
+            if model_id in models:
+                for chunk in chunks(sorted(hs)):
+                    for rowid, scope in self._db.execute(
+                        f"SELECT rowid, scope FROM items WHERE content_hash IN ({qs(chunk)})", chunk
+                    ):
+                        items.setdefault(scope, set()).add(rowid)
+        for (group, model_id), g in groups.items():
+            touched = {s: ids for s, ids in items.items() if group_of(s) == group}
+            if touched:
+                self._apply(g, model_id, touched)
+                self.updates += 1
+
+    def _apply(self, g: GroupVectors, model_id: str, touched: dict[str, set[int]]) -> None:
+        """Mask every touched item, then append the ones that are (still) searchable."""
+        g.kill(touched)
+        every = sorted(i for ids in touched.values() for i in ids)
+        fresh: dict[str, tuple[list[int], list[bytes]]] = {}
+        for chunk in chunks(every):
+            for rowid, scope, blob in self._db.execute(
+                "SELECT i.rowid, i.scope, v.vector FROM items i JOIN vectors v "
+                "ON v.content_hash = i.content_hash AND v.model_id = ? "
+                f"WHERE i.status = 'ok' AND i.rowid IN ({qs(chunk)})",
+                (model_id, *chunk),
+            ):
+                got = fresh.setdefault(scope, ([], []))
+                got[0].append(rowid)
+                got[1].append(blob)
+        for scope, (rowids, blobs) in fresh.items():
+            g.add(scope, np.array(rowids, dtype=np.int64), _vectors(blobs))
+
+    def _enforce_bound(self, keep: tuple[str, str]) -> None:
+        """Drop least recently searched groups while over the bound; a lone group over it stays loaded
+        (a search needs it whole) and is logged once."""
+        total = sum(g.nbytes for g in self._groups.values())
+        for key in list(self._groups):
+            if total <= self.max_bytes:
+                return
+            if key == keep or len(self._groups) == 1:
+                continue
+            total -= self._groups.pop(key).nbytes
+            self.evictions += 1
+        if total > self.max_bytes and keep[0] not in self._warned:
+            self._warned.add(keep[0])
+            log.warning(
+                "search: %s alone holds %.0f MiB of vectors, over index.search_memory_mib (%.0f MiB)",
+                keep[0],
+                total / 2**20,
+                self.max_bytes / 2**20,
+            )
+
+
+def load_group(db: sqlite3.Connection, group: str, model_id: str) -> tuple[GroupVectors, int]:
+    """Every searchable vector of `group` for `model_id`, and the last change the snapshot includes.
+
+    One read transaction, so the rows and the change number agree; on a connection of its own it holds
+    no lock of the index, so writers and other servers' searches go on while a big server loads."""
+    lo, hi = _scope_range(group)
+    db.execute("BEGIN")
+    try:
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
+        seq = int(row[0]) if row else 0
+        cur = db.execute(
+            "SELECT i.rowid, i.scope, v.vector FROM items i JOIN vectors v "
+            "ON v.content_hash = i.content_hash AND v.model_id = ? "
+            "WHERE i.status = 'ok' AND i.scope >= ? AND i.scope < ? ORDER BY i.scope",
+            (model_id, lo, hi),
+        )
+        g = GroupVectors(0)  # learns its dimension from the first rows; an empty group stays empty
+        scope, ids, blobs = "", list[int](), list[bytes]()
+        while batch := cur.fetchmany(4096):
+            for rowid, s, blob in batch:
+                if s != scope and ids:
+                    g.add(scope, np.array(ids, dtype=np.int64), _vectors(blobs))
+                    ids, blobs = [], []
+                scope = s
+                ids.append(rowid)
+                blobs.append(blob)
+        if ids:
+            g.add(scope, np.array(ids, dtype=np.int64), _vectors(blobs))
+    finally:
+        db.execute("COMMIT")
+    return g, seq
