@@ -29,7 +29,11 @@ def _config(args: argparse.Namespace) -> Config:
     path = args.config
     if path is None and Path(DEFAULT_CONFIG).is_file():
         path = DEFAULT_CONFIG
-    return load_config(path)
+    cfg = load_config(path)
+    from models.weights import set_hub_offline  # no torch here: only the environment is set
+
+    set_hub_offline(cfg.weights.offline)  # before anything imports huggingface_hub, which reads it once
+    return cfg
 
 
 def _engine(cfg: Config) -> Engine:
@@ -220,13 +224,22 @@ def cmd_download(args: argparse.Namespace) -> int:
     from models import weights
 
     if args.list:
-        lines = ["CLIP presets:"] + [f"  {n}" for n in weights.CLIP_PRESETS]
-        lines += ["VQGAN presets:"] + [f"  {n}" for n in weights.VQGAN_PRESETS]
-        _emit(
-            args, {"clip": list(weights.CLIP_PRESETS), "vqgan": list(weights.VQGAN_PRESETS)}, "\n".join(lines)
-        )
+        clip = {n: p.description for n, p in weights.CLIP_PRESETS.items()}
+        vqgan = {n: p.description for n, p in weights.VQGAN_PRESETS.items()}
+        width = max(map(len, [*clip, *vqgan]))
+        lines = ["CLIP presets (or any ARCH/TAG of open_clip.list_pretrained()):"]
+        lines += [f"  {n:<{width}}  {d}" for n, d in clip.items()]
+        lines += ["VQGAN presets:"] + [f"  {n:<{width}}  {d}" for n, d in vqgan.items()]
+        _emit(args, {"clip": list(clip), "vqgan": list(vqgan)}, "\n".join(lines))
         return 0
-    paths = weights.download(list(args.names), cfg.cache_dir, offline=cfg.weights.offline)
+    paths = weights.download(
+        list(args.names),
+        cfg.cache_dir,
+        mirrors=cfg.weights.mirrors,
+        offline=cfg.weights.offline,
+        progress=not args.json,
+        timeout=args.timeout,
+    )
     _emit(
         args,
         {"cache_dir": str(cfg.cache_dir), "files": [str(p) for p in paths]},
@@ -336,10 +349,15 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="fetch model weights into the cache",
         description="Download CLIP and VQGAN weights into the cache dir (weights.cache_dir), "
-        "with progress and resume. No names: the default CLIP and VQGAN presets.",
+        "with progress and resume. Each file comes from the first source that gives one passing its "
+        "checks (weights.mirrors first); its sha256 is recorded beside it. No names: the default CLIP "
+        "and VQGAN presets.",
     )
     d.add_argument("names", nargs="*", metavar="NAME")
     d.add_argument("--list", action="store_true", help="list the known presets")
+    d.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for a source to answer (default: 30)"
+    )
     d.set_defaults(func=cmd_download)
 
     r = sub.add_parser(

@@ -67,6 +67,9 @@ Snowflake = Annotated[str, Pattern(r"[0-9]{15,21}", "a Discord id (digits, in qu
 class WeightsConfig:
     cache_dir: str | None = None  # where downloaded weights live; None: $IRIS_CACHE or ~/.cache/iris
     offline: bool = False  # never touch the network; a missing file is an error that says how to get it
+    mirrors: list[Annotated[str, Pattern(r"(https?|file)://\S+", "an http(s):// or file:// URL")]] = field(
+        default_factory=list
+    )  # base URLs tried before the public sources, laid out as BASE/PRESET/FILE (e.g. BASE/vq-f8/last.ckpt)
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,9 @@ class VQGANConfig:
     preset: str | None = "vqgan_imagenet_f16_16384"  # a VQGAN preset name or "toy"; None: pixels only
     config: str | None = None  # local taming YAML config (with `checkpoint`) instead of the preset
     checkpoint: str | None = None  # local .ckpt/.safetensors
-    trust_pickle: bool = False  # allow full unpickling of a local .ckpt that weights-only loading refuses
+    trust_pickle: bool = (
+        False  # allow full unpickling of a .ckpt whose sha256 is neither known nor recorded at its download
+    )
 
 
 @dataclass(frozen=True)

@@ -65,10 +65,12 @@ class Engine:
                 from models.weights import vqgan_paths
 
                 assert v.preset is not None
-                cfg_path, ckpt = vqgan_paths(
-                    v.preset, self.config.cache_dir, offline=self.config.weights.offline
-                )
-                trust = True  # fetched from the preset's official address into our own cache
+                w = self.config.weights
+                files = vqgan_paths(v.preset, self.config.cache_dir, mirrors=w.mirrors, offline=w.offline)
+                cfg_path, ckpt = files.config, files.checkpoint
+                # A full unpickle only for the very bytes that were checked: a known sha256, or the one
+                # recorded when this file was downloaded and verified.
+                trust = trust or files.verified
             self._vqgan = load_vqgan(cfg_path, ckpt, device=self.clip.device, trust_pickle=trust)
         return self._vqgan
 
