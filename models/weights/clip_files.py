@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +113,8 @@ def download_clip(name: str, cache_dir: Path, *, offline: bool = False) -> Path:
         raise WeightsUnavailable(
             f"{what} are not in the weights cache and cannot be downloaded: {reason}. {way_out}"
         )
+    if (unreachable := _hub_unreachable(cfg)) is not None:
+        raise WeightsUnavailable(f"{what} could not be downloaded ({unreachable}). {way_out}")
     from open_clip.pretrained import download_pretrained
 
     log.info("downloading %s into %s", what, clip_dir)
@@ -122,6 +127,36 @@ def download_clip(name: str, cache_dir: Path, *, offline: bool = False) -> Path:
     if not target:
         raise WeightsUnavailable(f"{what}: open_clip found no file to download. {way_out}")
     return Path(target)
+
+
+def _hub_unreachable(cfg: dict[str, Any], timeout: float = 10.0) -> str | None:
+    """Why the weights' host cannot be reached, or None when a connection opens.
+
+    The hub client retries a failed lookup with back-off (about 25 s per file, with a warning each time);
+    one plain connection first turns "no network" into one clear line within seconds.
+    """
+    if cfg.get("hf_hub"):
+        from huggingface_hub import constants
+
+        url = constants.ENDPOINT
+    else:
+        url = cfg.get("url") or ""
+    parts = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    if not parts.hostname:
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except socket.gaierror:
+        return f"cannot resolve {parts.hostname} (no network?)"
+    except TimeoutError:
+        return f"no answer from {parts.hostname} within {timeout:g} s"
+    except OSError as e:
+        return f"cannot connect to {parts.hostname} ({e.strerror or e})"
+    return None
 
 
 def _first_line(err: BaseException) -> str:
