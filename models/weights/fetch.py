@@ -27,7 +27,15 @@ from tqdm import tqdm
 
 from iris.errors import WeightsCorrupt, WeightsUnavailable
 from models.weights.presets import Source, WeightFile
-from models.weights.verify import Rejected, check_file, record_sha256, recorded_sha256, sha256_file, sidecar
+from models.weights.verify import (
+    Rejected,
+    check_file,
+    error_page,
+    record_sha256,
+    recorded_sha256,
+    sha256_file,
+    sidecar,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +170,9 @@ def _unzip(archive: Path, member: str, target: Path) -> None:
                 while chunk := src.read(_CHUNK):
                     out.write(chunk)
     except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise Rejected(f"not a readable zip ({e})") from e
+        with archive.open("rb") as f:
+            page = error_page(f.read(4096))  # a dead link answers with a page, not a zip
+        raise Rejected(f"{page} instead of a zip" if page else f"not a readable zip ({e})") from e
 
 
 def _try_source(

@@ -366,3 +366,56 @@ def test_unknown_presets_are_bad_requests(tmp_path):
         vqgan_paths("vqgan_nope", tmp_path)
     with pytest.raises(BadRequest, match="nope"):
         download(["vqgan_imagenet_f16_16384", "nope"], tmp_path, offline=True)
+
+
+def _zipped(files: dict[str, bytes]) -> bytes:
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _zip_preset(monkeypatch, url: str, sha256: str | None = None) -> None:
+    p = VQGANPreset(
+        "tiny",
+        "a zipped preset, as latent-diffusion ships them",
+        WeightFile("model.yaml", CONFIG, (Source(url, "config.yaml"),)),
+        WeightFile("last.ckpt", CHECKPOINT, (Source(url, "model.ckpt"),), sha256),
+        len(CKPT),
+        4,
+    )
+    monkeypatch.setitem(weights.VQGAN_PRESETS, "tiny", p)
+
+
+def test_one_zip_download_serves_both_files_and_its_member_is_checked(serve, monkeypatch, tmp_path):
+    host = serve({"/vq.zip": _zipped({"config.yaml": YAML, "model.ckpt": CKPT})})
+    _zip_preset(monkeypatch, f"{host.url}/vq.zip", sha256=CKPT_SHA)
+    files = vqgan_paths("tiny", tmp_path, progress=False)
+    assert files.config.read_bytes() == YAML and files.checkpoint.read_bytes() == CKPT and files.verified
+    assert [h.path for h in host.hits] == ["/vq.zip"]  # fetched once, for both files
+    assert sorted(p.name for p in _folder(tmp_path).iterdir()) == [
+        "last.ckpt",
+        "last.ckpt.sha256",
+        "model.yaml",
+        "model.yaml.sha256",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (_zipped({"config.yaml": YAML}), "the zip holds no model.ckpt"),
+        (_zipped({"config.yaml": YAML, "model.ckpt": DEAD}), "an HTML page"),
+        (DEAD, 'an HTML page ("Link does not exist :-( - Heibox") instead of a zip'),
+        (b"\x00" * 100, "not a readable zip"),
+    ],
+)
+def test_a_bad_zip_is_refused_with_its_reason(serve, monkeypatch, tmp_path, body, reason):
+    host = serve({"/vq.zip": body})
+    _zip_preset(monkeypatch, f"{host.url}/vq.zip")
+    with pytest.raises(WeightsUnavailable, match=re.escape(reason)):
+        vqgan_paths("tiny", tmp_path, progress=False)
+    assert list(_folder(tmp_path).iterdir()) == []
