@@ -69,8 +69,16 @@ def test_profiles_differ_in_augmentation():
 def test_classic_views_are_warped_in_perspective():
     # perspective alone (always on) maps the image onto a smaller quadrilateral: black corners
     cfg = CutoutConfig(
-        min_scale=1.0, flip=False, affine_p=0, max_rotate=0, perspective=0.7, perspective_p=1.0,
-        padding="zeros", brightness=0, contrast=0, noise=0,
+        min_scale=1.0,
+        flip=False,
+        affine_p=0,
+        max_rotate=0,
+        perspective=0.7,
+        perspective_p=1.0,
+        padding="zeros",
+        brightness=0,
+        contrast=0,
+        noise=0,
     )
     out = make_cutouts(torch.ones(1, 3, 64, 64), 16, 64, cfg, torch.Generator().manual_seed(0))
     corners = out[:, :, [0, 0, -1, -1], [0, -1, 0, -1]]
