@@ -13,6 +13,7 @@ import http.client
 import logging
 import os
 import re
+import socket
 import sys
 import urllib.error
 import urllib.parse
@@ -74,7 +75,7 @@ def describe_error(err: BaseException, url: str, timeout: float) -> str:
     cause = err.reason if isinstance(err, urllib.error.URLError) else err  # urlopen wraps connect errors
     if isinstance(cause, TimeoutError):
         return f"no answer within {timeout:g} s"
-    if isinstance(cause, OSError) and cause.__class__.__name__ == "gaierror":
+    if isinstance(cause, socket.gaierror):
         return f"cannot resolve {host} (no network?)"
     if isinstance(err, urllib.error.URLError):
         return f"cannot connect ({cause})"

@@ -419,3 +419,16 @@ def test_a_bad_zip_is_refused_with_its_reason(serve, monkeypatch, tmp_path, body
     with pytest.raises(WeightsUnavailable, match=re.escape(reason)):
         vqgan_paths("tiny", tmp_path, progress=False)
     assert list(_folder(tmp_path).iterdir()) == []
+
+
+def test_a_complete_part_is_finished_by_the_416_answer(serve, preset, tmp_path):
+    host = serve({"/model.yaml": YAML, "/last.ckpt": CKPT})
+    preset([f"{host.url}/model.yaml"], [f"{host.url}/last.ckpt"])
+    folder = _folder(tmp_path)
+    folder.mkdir(parents=True)
+    url = f"{host.url}/last.ckpt"
+    (folder / f"last.ckpt.{hashlib.sha256(url.encode()).hexdigest()[:12]}.part").write_bytes(CKPT)
+    assert vqgan_paths("tiny", tmp_path, progress=False).checkpoint.read_bytes() == CKPT
+    assert [(h.range, h.status) for h in host.hits if h.path == "/last.ckpt"] == [
+        (f"bytes={len(CKPT)}-", 416)
+    ]
