@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ from iris import __version__
 from iris.config import Config, load_config
 from iris.errors import BadRequest, IrisError
 from iris.labels import parse_labels
+from iris.request import PROFILES
 
 if TYPE_CHECKING:
     from models.engine import Engine
@@ -152,16 +154,33 @@ def _parse_size(text: str) -> tuple[int, int]:
         raise BadRequest(f"--size takes WIDTHxHEIGHT or one number, e.g. 256x192, got {text!r}") from None
 
 
+def _parse_image_prompt(spec: str) -> tuple[Path, float]:
+    """`FILE` or `FILE:WEIGHT` (a colon elsewhere in the path, e.g. a drive letter, is left alone)."""
+    path, sep, weight = spec.rpartition(":")
+    if sep:
+        try:
+            return Path(path), float(weight)
+        except ValueError:
+            pass
+    return Path(spec), 1.0
+
+
 def cmd_imagine(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from iris.images import ImageLimits, load_image
 
     width, height = _parse_size(args.size) if args.size else (None, None)
+    limits = ImageLimits(cfg.images.max_bytes, cfg.images.max_pixels)
     init = None
     if args.init:
         init_path = Path(args.init)
-        load_image(init_path, ImageLimits(cfg.images.max_bytes, cfg.images.max_pixels), name=args.init)
+        load_image(init_path, limits, name=args.init)
         init = init_path.read_bytes()
+    image_prompts = []
+    for spec in args.image_prompt or []:
+        path, weight = _parse_image_prompt(spec)
+        load_image(path, limits, name=str(path))
+        image_prompts.append((path.read_bytes(), weight))
     out = Path(args.output)
     if out.parent and not out.parent.is_dir():
         raise BadRequest(f"the output folder does not exist: {out.parent}")
@@ -176,6 +195,10 @@ def cmd_imagine(args: argparse.Namespace) -> int:
         lr=args.lr,
         generator=args.generator,
         init_image=init,
+        profile=args.profile,
+        image_prompts=tuple(image_prompts) or None,
+        init_weight=args.init_weight,
+        ema=args.ema,
     )
     from tqdm import tqdm
 
@@ -187,11 +210,12 @@ def cmd_imagine(args: argparse.Namespace) -> int:
 
     def on_step(info: StepInfo) -> None:
         bar.update(1)
-        bar.set_postfix(loss=f"{info.loss:.3f}")
+        if info.step % every == 0 or info.step == info.total:  # the loss is read on these steps only
+            bar.set_postfix(loss=f"{info.loss:.3f}")
         if info.step % every == 0 and info.step < info.total:
             _save_atomic(gen.preview(), out)
 
-    result = gen.run(on_step=on_step)
+    result = gen.run(on_step=on_step, loss_every=every)
     bar.close()
     _save_atomic(result.image, out)
     payload = {
@@ -251,8 +275,10 @@ def cmd_download(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from bot.run import main as run_bot
+    from models.device import resolve_device, resolve_imagine
 
-    run_bot(cfg)
+    # the bot reads imagine's defaults from the config: hand it the ones picked for this device
+    run_bot(dataclasses.replace(cfg, imagine=resolve_imagine(cfg.imagine, resolve_device(cfg.device))))
     return 0
 
 
@@ -333,12 +359,37 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", default="imagine.png", help="PNG to write; previews land there as it goes"
     )
     i.add_argument("--steps", type=int, help="optimisation steps (default: imagine.steps)")
-    i.add_argument("--seed", type=int, help="random seed; same seed and settings give the same image on CPU")
+    i.add_argument("--seed", type=int, help="random seed; same seed and settings give the same image on the same device")
     i.add_argument("--size", help="WIDTHxHEIGHT in px, rounded down to the VQGAN's factor (default: config)")
     i.add_argument("--init", metavar="IMAGE", help="start from this image instead of random tokens")
     i.add_argument("--cutouts", type=int, help="augmented views per step (default: imagine.cutouts)")
     i.add_argument("--lr", type=float, help="learning rate (default: imagine.lr)")
     i.add_argument("--generator", choices=["vqgan", "pixels"], help="default: imagine.generator")
+    i.add_argument(
+        "--profile",
+        choices=list(PROFILES),
+        help="cutout recipe: classic (the reference scripts'), iris (lighter, tuned on the toy models) or "
+        "none (plain crops) (default: imagine.profile)",
+    )
+    i.add_argument(
+        "--image-prompt",
+        action="append",
+        metavar="FILE[:WEIGHT]",
+        help="pull toward this picture too, weighted like a text part (repeatable; weight default 1)",
+    )
+    i.add_argument(
+        "--init-weight",
+        type=float,
+        help="with --init: how strongly to keep close to the init image at first (fades; default 0)",
+    )
+    i.add_argument(
+        "--ema",
+        type=float,
+        nargs="?",
+        const=0.98,
+        metavar="DECAY",
+        help="show a moving average of the latents, smoother than the last step (decay 0.98 if omitted)",
+    )
     i.add_argument(
         "--preview-every", type=int, help="steps between preview saves (default: imagine.preview_every)"
     )
