@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", default="imagine.png", help="PNG to write; previews land there as it goes"
     )
     i.add_argument("--steps", type=int, help="optimisation steps (default: imagine.steps)")
-    i.add_argument("--seed", type=int, help="random seed; same seed and settings give the same image on the same device")
+    i.add_argument("--seed", type=int, help="random seed; same seed, settings and device give the same image")
     i.add_argument("--size", help="WIDTHxHEIGHT in px, rounded down to the VQGAN's factor (default: config)")
     i.add_argument("--init", metavar="IMAGE", help="start from this image instead of random tokens")
     i.add_argument("--cutouts", type=int, help="augmented views per step (default: imagine.cutouts)")
