@@ -111,7 +111,7 @@ def _taming(
 
 
 _LDM_ZIPS = "https://ommer-lab.com/files/latent-diffusion"
-# The same configs are committed in the latent-diffusion repository, a fallback when a zip has none.
+# The same configs are committed in the latent-diffusion repository (its download script unzips beside them).
 _LDM_CONFIGS = "https://raw.githubusercontent.com/CompVis/latent-diffusion/main/models/first_stage_models"
 
 
@@ -128,10 +128,12 @@ def _ldm(
     return VQGANPreset(
         name=name,
         description=description,
+        # A fresh download takes the config out of the checkpoint's zip on the way; these sources serve
+        # only a config missing beside a cached checkpoint, so the 1 kB copy comes before the big zip.
         config=WeightFile(
             "model.yaml",
             CONFIG,
-            (Source(zipped, "config.yaml"), Source(f"{_LDM_CONFIGS}/{name}/config.yaml")),
+            (Source(f"{_LDM_CONFIGS}/{name}/config.yaml"), Source(zipped, "config.yaml")),
         ),
         checkpoint=WeightFile("last.ckpt", CHECKPOINT, (Source(zipped, "model.ckpt"),), sha256, size),
         approx_bytes=approx_bytes,

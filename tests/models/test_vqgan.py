@@ -212,7 +212,7 @@ def test_ldm_configs_parse_and_match_their_presets(name):
     assert cfg.factor == preset.factor and not cfg.gumbel
     assert preset.checkpoint.sources[0].url == f"https://ommer-lab.com/files/latent-diffusion/{name}.zip"
     assert [s.member for s in preset.checkpoint.sources] == ["model.ckpt"]
-    assert preset.config.sources[0].member == "config.yaml"
+    assert [s.member for s in preset.config.sources] == [None, "config.yaml"]
 
 
 class LdmReference(torch.nn.Module):
