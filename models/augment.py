@@ -79,11 +79,12 @@ def colour_jitter(x: torch.Tensor, cfg: CutoutConfig, on: torch.Tensor, rand: Ra
     def amount(limit: float) -> torch.Tensor:  # (N, 1, 1, 1) uniform in ±limit where on
         return ((rand(n) * 2 - 1) * limit * on).view(n, 1, 1, 1)
 
-    if cfg.contrast:
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * (1 + amount(cfg.contrast)) + mean
-    if cfg.brightness:
-        x = x + amount(cfg.brightness)
+    if cfg.contrast or cfg.brightness:  # one pass: x · gain + (mean · (1 − gain) + shift)
+        gain = 1 + amount(cfg.contrast) if cfg.contrast else torch.ones_like(on).view(n, 1, 1, 1)
+        offset = amount(cfg.brightness) if cfg.brightness else torch.zeros_like(gain)
+        if cfg.contrast:
+            offset = offset + x.mean(dim=(1, 2, 3), keepdim=True) * (1 - gain)
+        x = torch.addcmul(offset, x, gain)
     if cfg.saturation and x.shape[1] == 3:
         grey = (x * _constant("yiq", dev, dt)[0].view(1, 3, 1, 1)).sum(1, keepdim=True)
         x = grey + (x - grey) * (1 + amount(cfg.saturation))

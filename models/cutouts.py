@@ -7,7 +7,9 @@ all views is one sampling grid per view, so a step costs a few `grid_sample` cal
 
 Downscaling is prefiltered: a crop that shrinks by a factor f is sampled from a copy of the image blurred
 for f (a small pyramid of blurred copies, one per half octave, blended per view), so no pixel is skipped
-by the sampler and fine patterns average to grey instead of aliasing into stripes.
+by the sampler and fine patterns average to grey instead of aliasing into stripes. Up to f = √2 the
+bilinear sampler itself still reads every pixel (its taps are under 2 px apart), so level 0 is the image
+as it is and serves those views alone: at 256 px for CLIP's 224, one sampling pass does it all.
 
 Nothing here reads a value back to the host: the number of pyramid levels follows from Python numbers
 (sizes and the profile), so a step never waits for the device.
@@ -63,10 +65,10 @@ def crop_range(cfg: CutoutConfig, side: int, size: int) -> tuple[float, float]:
 
 
 def _level(factor: float | torch.Tensor) -> float | torch.Tensor:
-    """Continuous pyramid level of a downscale factor (0 for upscaling)."""
+    """Continuous pyramid level of a downscale factor: 0 up to √2, then one per half octave."""
     if isinstance(factor, torch.Tensor):
-        return factor.clamp(min=1).log2() * _LEVELS_PER_OCTAVE
-    return math.log2(max(1.0, factor)) * _LEVELS_PER_OCTAVE
+        return (factor.clamp(min=1).log2() * _LEVELS_PER_OCTAVE - 1).clamp(min=0)
+    return max(0.0, math.log2(max(1.0, factor)) * _LEVELS_PER_OCTAVE - 1)
 
 
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -97,7 +99,7 @@ def prefiltered(image: torch.Tensor, level: int, pool: float) -> torch.Tensor:
     """The image prefiltered for pyramid `level`: Gaussian (≈ average pooling), mixed with max pooling."""
     if level == 0:
         return image
-    f = 2 ** (level / _LEVELS_PER_OCTAVE)
+    f = 2 ** ((level + 1) / _LEVELS_PER_OCTAVE)  # the downscale factor level j is made for
     out = _blur(image, 0.5 * f)  # σ = f/2: the Nyquist band of the smaller grid keeps < 10 % contrast
     if pool:
         out = (1 - pool) * out + pool * _max_filter(image, round(f))
@@ -160,9 +162,9 @@ def make_cutouts(
     level = level.clamp(max=last)
     out = None
     for j in range(first, last + 1):
-        weight = (1 - (level - j).abs()).clamp(min=0) if last > first else torch.ones_like(level)
-        src = prefiltered(images, j, cfg.pool)
-        part = _sample(src, grid, count, cfg.padding) * weight[:, None, None, None]
+        part = _sample(prefiltered(images, j, cfg.pool), grid, count, cfg.padding)
+        if last > first:  # blend the two levels around each view's own
+            part = part * (1 - (level - j).abs()).clamp(min=0)[:, None, None, None]
         out = part if out is None else out + part
     assert out is not None
 
@@ -172,7 +174,7 @@ def make_cutouts(
         out = erase(out, cfg.erase_p, cfg.erase_area, rand)
     if cfg.noise:
         sigma = rand(n, 1, 1, 1) * cfg.noise
-        out = out + sigma * torch.randn(out.shape, generator=generator, device=dev, dtype=dt)
+        out = torch.addcmul(out, sigma, torch.randn(out.shape, generator=generator, device=dev, dtype=dt))
     return out
 
 
