@@ -8,6 +8,7 @@ every start: against a known sha256, else the one recorded at its download, else
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import logging
@@ -91,6 +92,23 @@ def _content_range(value: str | None) -> tuple[int | None, int | None]:
     return (int(start) if start else None), (int(total) if total != "*" else None)
 
 
+def _request(url: str) -> urllib.request.Request:
+    """A GET for `url`; credentials in it (a private mirror's) become a Basic header for its host only."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None:
+        return urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    request = urllib.request.Request(
+        parts._replace(netloc=netloc).geturl(), headers={"User-Agent": _USER_AGENT}
+    )
+    user = urllib.parse.unquote(parts.username)
+    password = urllib.parse.unquote(parts.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    request.add_unredirected_header("Authorization", f"Basic {token}")  # never sent on to a redirect target
+    return request
+
+
 def download(url: str, part: Path, *, label: str, progress: bool, timeout: float) -> None:
     """Fill `part` with the body of `url`, resuming from what it holds. Network trouble raises.
 
@@ -99,7 +117,7 @@ def download(url: str, part: Path, *, label: str, progress: bool, timeout: float
     """
     for _ in range(2):  # a second pass only after throwing away a .part the server does not match
         have = part.stat().st_size if part.is_file() else 0
-        request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+        request = _request(url)
         if have:
             request.add_header("Range", f"bytes={have}-")
         try:
@@ -237,7 +255,7 @@ def check_cached(dest: Path, wf: WeightFile) -> Cached | None:
         check_file(dest, wf, None)
         return Cached(dest, verified=False)
     except Rejected as e:
-        log.warning("%s in the cache is damaged (%s): fetching it again", dest, e)
+        log.warning("%s in the cache failed its check (%s): removed", dest, e)
         dest.unlink(missing_ok=True)
         sidecar(dest).unlink(missing_ok=True)
         return None
@@ -275,7 +293,7 @@ def obtain(
     dest.parent.mkdir(parents=True, exist_ok=True)
     tried: list[str] = []
     for source in sources:
-        log.info("downloading %s from %s", label, source.url)
+        log.info("downloading %s from %s", label, source.describe())
         try:
             _try_source(source, wf, dest, also, label=label, progress=progress, timeout=timeout)
         except Rejected as e:

@@ -62,6 +62,7 @@ class Host:
     honor_range: bool = True  # False: answer 200 with the whole file, like servers without Range support
     cut_after: int | None = None  # close the connection after this many body bytes
     redirects: dict[str, str] = field(default_factory=dict)  # path -> Location (302)
+    auth: str | None = None  # the Authorization header required, if any (401 without it)
     hits: list[Hit] = field(default_factory=list)
     url: str = ""
 
@@ -71,6 +72,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         host, rng = self.host, self.headers.get("Range")
+        if host.auth is not None and self.headers.get("Authorization") != host.auth:
+            host.hits.append(Hit(self.path, rng, 401, 0))
+            self.send_error(401)
+            return
         if self.path in host.redirects:
             host.hits.append(Hit(self.path, rng, 302, 0))
             self.send_response(302)
@@ -432,3 +437,18 @@ def test_a_complete_part_is_finished_by_the_416_answer(serve, preset, tmp_path):
     assert [(h.range, h.status) for h in host.hits if h.path == "/last.ckpt"] == [
         (f"bytes={len(CKPT)}-", 416)
     ]
+
+
+def test_a_mirror_with_credentials_sends_them_to_its_host_only_and_never_shows_them(serve, preset, tmp_path):
+    import base64
+
+    expected = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+    mirror = serve({"/base/tiny/model.yaml": YAML, "/base/tiny/last.ckpt": CKPT}, auth=expected)
+    preset(["http://127.0.0.1:9/model.yaml"], ["http://127.0.0.1:9/last.ckpt"])
+    base = mirror.url.replace("http://", "http://alice:s3cret@")
+    with pytest.raises(WeightsUnavailable) as info:
+        vqgan_paths("tiny", tmp_path, mirrors=[base.replace("s3cret", "wrong") + "/base"], progress=False)
+    assert "HTTP 401" in info.value.message and "wrong" not in info.value.message
+    files = vqgan_paths("tiny", tmp_path, mirrors=[base + "/base"], progress=False)
+    assert files.checkpoint.read_bytes() == CKPT
+    assert [h.status for h in mirror.hits[-2:]] == [200, 200]
