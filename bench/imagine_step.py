@@ -25,6 +25,7 @@ import json
 import math
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._timing import interleaved, median
+from bench._timing import median
 from iris.request import ImagineRequest
 from models.augment import colour_jitter, erase, perspective_grid
 from models.clip import Clip
@@ -115,27 +116,32 @@ class _Loop:
 
 
 def bare_loop(clip: Clip, vqgan: VQGAN, size: int, cutouts: int, dev: torch.device) -> Callable[[], None]:
-    """The textbook step: crops (45-100 %) and ±15° rotations by one grid_sample, noise."""
+    """The textbook step with the `iris` profile's views: crops (45-100 %), flips and ±15° rotations by one
+    grid_sample, brightness/contrast jitter, noise."""
     st = _Loop(clip, vqgan, size, dev)
     s_out = clip.image_size
 
     def step() -> None:
         img = st.image()
-        s = st.rand(cutouts) * 0.55 + 0.45
-        a = (st.rand(cutouts) * 2 - 1) * math.radians(15)
-        t = (st.rand(cutouts, 2) * 2 - 1) * (1 - s)[:, None]
+        n = cutouts
+        s = st.rand(n) * 0.55 + 0.45
+        a = (st.rand(n) * 2 - 1) * math.radians(15)
+        f = torch.where(st.rand(n) < 0.5, -1.0, 1.0)
+        t = (st.rand(n, 2) * 2 - 1) * (1 - s)[:, None]
         theta = torch.stack(
             [
-                torch.stack([s * a.cos(), -s * a.sin(), t[:, 0]], 1),
-                torch.stack([s * a.sin(), s * a.cos(), t[:, 1]], 1),
+                torch.stack([s * a.cos() * f, -s * a.sin(), t[:, 0]], 1),
+                torch.stack([s * a.sin() * f, s * a.cos(), t[:, 1]], 1),
             ],
             1,
         )
-        grid = F.affine_grid(theta, [cutouts, 3, s_out, s_out], align_corners=False)
-        cut = F.grid_sample(
-            img.expand(cutouts, -1, -1, -1), grid, padding_mode="reflection", align_corners=False
-        )
-        cut = cut + st.rand(cutouts, 1, 1, 1) * 0.1 * torch.randn(cut.shape, generator=st.g).to(dev)
+        grid = F.affine_grid(theta, [n, 3, s_out, s_out], align_corners=False)
+        cut = F.grid_sample(img.expand(n, -1, -1, -1), grid, padding_mode="reflection", align_corners=False)
+        mean = cut.mean(dim=(1, 2, 3), keepdim=True)
+        gain = 1 + (st.rand(n, 1, 1, 1) * 2 - 1) * 0.1
+        shift = (st.rand(n, 1, 1, 1) * 2 - 1) * 0.08
+        cut = (cut - mean) * gain + mean + shift
+        cut = cut + st.rand(n, 1, 1, 1) * 0.1 * torch.randn(cut.shape, generator=st.g).to(dev)
         st.finish(cut)
 
     return step
@@ -214,21 +220,43 @@ def main() -> None:
 
     print(
         f"{name} + VQGAN f16 ({kind}, random weights) on {dev}, {args.cutouts} cutouts, "
-        f"{args.steps} interleaved steps each; median s/step"
+        f"{args.steps} rounds (each contender once per round); median s/step (wall clock, and process CPU "
+        "time, steadier on a shared machine)"
     )
     for size in sizes:
-        pairs = (
-            ("bare", bare_loop(clip, vqgan, size, args.cutouts, dev), "ours (iris)", "iris"),
-            ("reference", reference_loop(clip, vqgan, size, args.cutouts, dev), "ours (classic)", "classic"),
-        )
-        for base_name, base_fn, our_name, profile in pairs:
-            our_fn = ours(clip, vqgan, size, args.cutouts, profile)
-            base_t, ours_t = interleaved(timed(base_fn), timed(our_fn), args.steps)
-            b, o = median(base_t), median(ours_t)
+        contenders = {
+            "bare": bare_loop(clip, vqgan, size, args.cutouts, dev),
+            "ours (iris)": ours(clip, vqgan, size, args.cutouts, "iris"),
+            "reference": reference_loop(clip, vqgan, size, args.cutouts, dev),
+            "ours (classic)": ours(clip, vqgan, size, args.cutouts, "classic"),
+        }
+        wall, cpu = round_robin({k: timed(fn) for k, fn in contenders.items()}, args.steps)
+        for label, times in (("wall", wall), ("cpu", cpu)):
+            t = {k: median(v) for k, v in times.items()}
+            iris, classic = t["ours (iris)"], t["ours (classic)"]
             print(
-                f"{size:4d}px  {base_name:<10s} {b:8.3f}   {our_name:<15s} {o:8.3f}   "
-                f"ratio ours/{base_name} {o / b:6.3f}"
+                f"{size:4d}px {label:4s}  bare {t['bare']:7.3f}  ours (iris) {iris:7.3f}  "
+                f"ratio {iris / t['bare']:5.3f}   |   reference {t['reference']:7.3f}  "
+                f"ours (classic) {classic:7.3f}  ratio {classic / t['reference']:5.3f}"
             )
+
+
+def round_robin(
+    fns: dict[str, Callable[[], None]], repeats: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Each function once per round, `repeats` rounds after a warm-up round, so that load that comes and
+    goes on a shared machine hits every contender alike. Wall-clock and process CPU seconds per call."""
+    for fn in fns.values():
+        fn()
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            wall[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
+    return wall, cpu
 
 
 if __name__ == "__main__":
