@@ -112,18 +112,27 @@ def test_spherical_distance():
 
 
 # -- quality on the toy world (an independent pixel judge, not only CLIP's own score) -----------------
+# iris: the toy config's profile, 5 seeds; classic: config.yaml's default, 3 seeds (time: 5 pass there too)
+@pytest.mark.parametrize("profile,seeds", [("iris", 5), ("classic", 3)])
 @pytest.mark.parametrize("colour", ["red", "green", "blue", "yellow"])
-def test_vqgan_generation_steers_to_the_prompt_colour(toy_clip, toy_vqgan, colour):
+def test_vqgan_generation_steers_to_the_prompt_colour(toy_clip, toy_vqgan, colour, profile, seeds):
     raised, right_colour = 0, 0
-    for seed in range(5):
+    for seed in range(seeds):
         req = ImagineRequest(
-            f"a {colour} circle", seed=seed, steps=40, width=64, height=64, cutouts=16, lr=0.1
+            f"a {colour} circle",
+            seed=seed,
+            steps=40,
+            width=64,
+            height=64,
+            cutouts=16,
+            lr=0.1,
+            profile=profile,
         )
         result = VQGANGeneration(toy_clip, toy_vqgan, req).run()
         raised += result.clip_score > result.start_score
         right_colour += world.dominant_colour(result.image) == colour
-    assert raised >= 4, f"CLIP score rose for only {raised}/5 seeds"
-    assert right_colour >= 4, f"dominant colour was {colour} for only {right_colour}/5 seeds"
+    assert raised >= seeds - 1, f"CLIP score rose for only {raised}/{seeds} seeds"
+    assert right_colour >= seeds - 1, f"dominant colour was {colour} for only {right_colour}/{seeds} seeds"
 
 
 def test_pixel_generation_steers_to_the_prompt_colour(toy_clip):
