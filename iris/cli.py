@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ from iris import __version__
 from iris.config import Config, load_config
 from iris.errors import BadFile, BadRequest, IrisError, report_unexpected
 from iris.labels import parse_labels
+from iris.request import PROFILES
 
 if TYPE_CHECKING:
     from models.engine import Engine
@@ -32,7 +34,11 @@ def _config(args: argparse.Namespace) -> Config:
     path = args.config
     if path is None and Path(DEFAULT_CONFIG).is_file():
         path = DEFAULT_CONFIG
-    return load_config(path)
+    cfg = load_config(path)
+    from models.weights import set_hub_offline  # no torch here: only the environment is set
+
+    set_hub_offline(cfg.weights.offline)  # before anything imports huggingface_hub, which reads it once
+    return cfg
 
 
 def _engine(cfg: Config) -> Engine:
@@ -152,6 +158,17 @@ def _parse_size(text: str) -> tuple[int, int]:
         raise BadRequest(f"--size takes WIDTHxHEIGHT or one number, e.g. 256x192, got {text!r}") from None
 
 
+def _parse_image_prompt(spec: str) -> tuple[Path, float]:
+    """`FILE` or `FILE:WEIGHT` (a colon elsewhere in the path, e.g. a drive letter, is left alone)."""
+    path, sep, weight = spec.rpartition(":")
+    if sep:
+        try:
+            return Path(path), float(weight)
+        except ValueError:
+            pass
+    return Path(spec), 1.0
+
+
 def cmd_imagine(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from iris.images import ImageLimits, load_image, read_image_bytes
@@ -161,11 +178,17 @@ def cmd_imagine(args: argparse.Namespace) -> int:
         _check_range("--lr (the learning rate)", args.lr, MIN_LR, MAX_LR)
     if args.preview_every is not None:
         _check_range("--preview-every", args.preview_every, 1, cfg.imagine.max_steps)
+    limits = ImageLimits(cfg.images.max_bytes, cfg.images.max_pixels)
     init = None
     if args.init:
-        limits = ImageLimits(cfg.images.max_bytes, cfg.images.max_pixels)
         init = read_image_bytes(args.init, limits, name=args.init)  # read once: what is checked is used
         load_image(init, limits, name=args.init)
+    image_prompts = []
+    for spec in args.image_prompt or []:
+        path, weight = _parse_image_prompt(spec)
+        data = read_image_bytes(path, limits, name=str(path))  # regular files only, like every input
+        load_image(data, limits, name=str(path))
+        image_prompts.append((data, weight))
     out = Path(args.output)
     check_output(out)  # before any model loads
     engine = _engine(cfg)
@@ -179,6 +202,10 @@ def cmd_imagine(args: argparse.Namespace) -> int:
         lr=args.lr,
         generator=args.generator,
         init_image=init,
+        profile=args.profile,
+        image_prompts=tuple(image_prompts) or None,
+        init_weight=args.init_weight,
+        ema=args.ema,
     )
     from tqdm import tqdm
 
@@ -190,11 +217,12 @@ def cmd_imagine(args: argparse.Namespace) -> int:
 
     def on_step(info: StepInfo) -> None:
         bar.update(1)
-        bar.set_postfix(loss=f"{info.loss:.3f}")
+        if info.step % every == 0 or info.step == info.total:  # the loss is read on these steps only
+            bar.set_postfix(loss=f"{info.loss:.3f}")
         if info.step % every == 0 and info.step < info.total:
             _save_atomic(gen.preview(), out)
 
-    result = gen.run(on_step=on_step)
+    result = gen.run(on_step=on_step, loss_every=every)
     bar.close()
     _save_atomic(result.image, out)
     payload = {
@@ -270,13 +298,22 @@ def cmd_download(args: argparse.Namespace) -> int:
     from models import weights
 
     if args.list:
-        lines = ["CLIP presets:"] + [f"  {n}" for n in weights.CLIP_PRESETS]
-        lines += ["VQGAN presets:"] + [f"  {n}" for n in weights.VQGAN_PRESETS]
-        _emit(
-            args, {"clip": list(weights.CLIP_PRESETS), "vqgan": list(weights.VQGAN_PRESETS)}, "\n".join(lines)
-        )
+        clip = {n: p.description for n, p in weights.CLIP_PRESETS.items()}
+        vqgan = {n: p.description for n, p in weights.VQGAN_PRESETS.items()}
+        width = max(map(len, [*clip, *vqgan]))
+        lines = ["CLIP presets (or any ARCH/TAG of open_clip.list_pretrained()):"]
+        lines += [f"  {n:<{width}}  {d}" for n, d in clip.items()]
+        lines += ["VQGAN presets:"] + [f"  {n:<{width}}  {d}" for n, d in vqgan.items()]
+        _emit(args, {"clip": list(clip), "vqgan": list(vqgan)}, "\n".join(lines))
         return 0
-    paths = weights.download(list(args.names), cfg.cache_dir, offline=cfg.weights.offline)
+    paths = weights.download(
+        list(args.names),
+        cfg.cache_dir,
+        mirrors=cfg.weights.mirrors,
+        offline=cfg.weights.offline,
+        progress=not args.json,
+        timeout=args.timeout,
+    )
     _emit(
         args,
         {"cache_dir": str(cfg.cache_dir), "files": [str(p) for p in paths]},
@@ -288,8 +325,10 @@ def cmd_download(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from bot.run import main as run_bot
+    from models.device import resolve_device, resolve_imagine
 
-    run_bot(cfg)
+    # the bot reads imagine's defaults from the config: hand it the ones picked for this device
+    run_bot(dataclasses.replace(cfg, imagine=resolve_imagine(cfg.imagine, resolve_device(cfg.device))))
     return 0
 
 
@@ -370,12 +409,37 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", default="imagine.png", help="PNG to write; previews land there as it goes"
     )
     i.add_argument("--steps", type=int, help="optimisation steps (default: imagine.steps)")
-    i.add_argument("--seed", type=int, help="random seed; same seed and settings give the same image on CPU")
+    i.add_argument("--seed", type=int, help="random seed; same seed, settings and device give the same image")
     i.add_argument("--size", help="WIDTHxHEIGHT in px, rounded down to the VQGAN's factor (default: config)")
     i.add_argument("--init", metavar="IMAGE", help="start from this image instead of random tokens")
     i.add_argument("--cutouts", type=int, help="augmented views per step (default: imagine.cutouts)")
     i.add_argument("--lr", type=float, help="learning rate (default: imagine.lr)")
     i.add_argument("--generator", choices=["vqgan", "pixels"], help="default: imagine.generator")
+    i.add_argument(
+        "--profile",
+        choices=list(PROFILES),
+        help="cutout recipe: classic (the reference scripts'), iris (lighter, tuned on the toy models) or "
+        "none (plain crops) (default: imagine.profile)",
+    )
+    i.add_argument(
+        "--image-prompt",
+        action="append",
+        metavar="FILE[:WEIGHT]",
+        help="pull toward this picture too, weighted like a text part (repeatable; weight default 1)",
+    )
+    i.add_argument(
+        "--init-weight",
+        type=float,
+        help="with --init: how strongly to keep close to the init image at first (fades; default 0)",
+    )
+    i.add_argument(
+        "--ema",
+        type=float,
+        nargs="?",
+        const=0.98,
+        metavar="DECAY",
+        help="show a moving average of the latents, smoother than the last step (decay 0.98 if omitted)",
+    )
     i.add_argument(
         "--preview-every", type=int, help="steps between preview saves (default: imagine.preview_every)"
     )
@@ -386,10 +450,15 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="fetch model weights into the cache",
         description="Download CLIP and VQGAN weights into the cache dir (weights.cache_dir), "
-        "with progress and resume. No names: the default CLIP and VQGAN presets.",
+        "with progress and resume. Each file comes from the first source that gives one passing its "
+        "checks (weights.mirrors first); its sha256 is recorded beside it. No names: the default CLIP "
+        "and VQGAN presets.",
     )
     d.add_argument("names", nargs="*", metavar="NAME")
     d.add_argument("--list", action="store_true", help="list the known presets")
+    d.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for a source to answer (default: 30)"
+    )
     d.set_defaults(func=cmd_download)
 
     r = sub.add_parser(

@@ -19,6 +19,7 @@ from typing import Annotated, Any, TypeVar
 import yaml
 
 from iris.errors import ConfigError
+from iris.request import PROFILES
 
 MAX_CONFIG_BYTES = 2**20  # a config file is a few KiB; more is the wrong file
 
@@ -66,10 +67,30 @@ Fraction = Annotated[float, Range(ge=0, le=1)]
 Snowflake = Annotated[str, Pattern(r"[0-9]{15,21}", "a Discord id (digits, in quotes)")]
 
 
+class Automatic(int):
+    """A number the config left as `auto`: this value until the engine picks one for its device.
+
+    An int, so every reader can use it as is (the CPU value); `models.device.resolve_imagine` replaces it.
+    """
+
+    def __repr__(self) -> str:
+        return f"auto({int(self)})"
+
+
+@dataclass(frozen=True)
+class AutoAllowed:
+    """A numeric field that also accepts `auto`: `Annotated[int, Range(ge=16), AutoAllowed(256)]`."""
+
+    fallback: int  # the value `auto` stands for until it is resolved (the CPU's)
+
+
 @dataclass(frozen=True)
 class WeightsConfig:
     cache_dir: str | None = None  # where downloaded weights live; None: $IRIS_CACHE or ~/.cache/iris
     offline: bool = False  # never touch the network; a missing file is an error that says how to get it
+    mirrors: list[Annotated[str, Pattern(r"(https?|file)://\S+", "an http(s):// or file:// URL")]] = field(
+        default_factory=list
+    )  # base URLs tried before the public sources, laid out as BASE/PRESET/FILE (e.g. BASE/vq-f8/last.ckpt)
 
 
 @dataclass(frozen=True)
@@ -97,15 +118,21 @@ class VQGANConfig:
     preset: str | None = "vqgan_imagenet_f16_16384"  # a VQGAN preset name or "toy"; None: pixels only
     config: str | None = None  # local taming YAML config (with `checkpoint`) instead of the preset
     checkpoint: str | None = None  # local .ckpt/.safetensors
-    trust_pickle: bool = False  # allow full unpickling of a local .ckpt that weights-only loading refuses
+    trust_pickle: bool = (
+        False  # allow full unpickling of a .ckpt whose sha256 is neither known nor recorded at its download
+    )
 
 
 @dataclass(frozen=True)
 class ImagineConfig:
     generator: str = "vqgan"  # "vqgan", or "pixels" (optimise RGB directly; no VQGAN weights needed)
-    steps: Positive = 300  # optimisation steps per image
-    width: Annotated[int, Range(ge=16)] = 256  # px, rounded to the VQGAN's factor
-    height: Annotated[int, Range(ge=16)] = 256  # px
+    steps: Annotated[int, Range(ge=1), AutoAllowed(300)] = Automatic(
+        300
+    )  # optimisation steps per image; auto: 500 on a GPU, 300 on the CPU
+    width: Annotated[int, Range(ge=16), AutoAllowed(256)] = Automatic(
+        256
+    )  # px, rounded to the VQGAN's factor; auto: 512 on a GPU with >= 8 GB, 304 below, 256 on the CPU
+    height: Annotated[int, Range(ge=16), AutoAllowed(256)] = Automatic(256)  # px; auto: as width
     cutouts: Annotated[int, Range(ge=1, le=128)] = (
         32  # augmented views scored by CLIP per step (fewer: less memory, noisier)
     )
@@ -114,6 +141,7 @@ class ImagineConfig:
     max_steps: Positive = 1000  # upper bound a request may ask for
     max_side: Annotated[int, Range(ge=16)] = 512  # px, upper bound for width and height
     max_prompt_chars: Positive = 500  # longer prompts are refused
+    profile: str = "classic"  # cutout recipe: "classic" (the reference scripts'), "iris" or "none"
 
 
 @dataclass(frozen=True)
@@ -223,6 +251,7 @@ _CHOICES = {
     "precision": ("auto", "fp32", "fp16", "bf16"),
     "classify.templates": ("openai", "simple", "none"),
     "imagine.generator": ("vqgan", "pixels"),
+    "imagine.profile": PROFILES,
 }
 
 
@@ -230,6 +259,11 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if origin is Annotated:
         base, *limits = typing.get_args(tp)
+        auto = next((a for a in limits if isinstance(a, AutoAllowed)), None)
+        if auto is not None and value == "auto":
+            return Automatic(auto.fallback)
+        if auto is not None and isinstance(value, str):
+            raise ConfigError(f"{where}: expected int or 'auto', got {value!r}")
         if base is str and isinstance(value, int) and not isinstance(value, bool):
             value = str(value)  # an id written without quotes
         value = _check_type(value, base, where)
@@ -301,7 +335,10 @@ def _validate(cfg: Config) -> None:
             re.compile(pattern)
         except re.error as e:
             raise ConfigError(f"discord.banned_prompts: {pattern!r} is not a valid regex ({e})") from e
-    if im.steps > im.max_steps or max(im.width, im.height) > im.max_side:
+    fixed = [v for v in (im.width, im.height) if not isinstance(v, Automatic)]  # auto stays within max_side
+    if (not isinstance(im.steps, Automatic) and im.steps > im.max_steps) or max(
+        fixed, default=0
+    ) > im.max_side:
         raise ConfigError("imagine: the default steps/size exceed imagine.max_steps/max_side")
     if not (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith(("cuda", "mps"))):
         raise ConfigError(f"device: {cfg.device!r} is not auto, cpu, cuda, cuda:N or mps")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from iris.errors import BadRequest
-from iris.prompts import parse_prompt
+from iris.images import DEFAULT_LIMITS, ImageLimits, load_image
+from iris.prompts import MAX_WEIGHT, parse_prompt
+
+PROFILES = ("iris", "classic", "none")  # cutout recipes, defined in models/recipes.py
+MAX_IMAGE_PROMPTS = 4
 
 
 @dataclass(frozen=True)
@@ -21,9 +26,20 @@ class ImagineRequest:
     lr: float = 0.1  # Adam learning rate
     generator: str = "vqgan"  # "vqgan" or "pixels"
     init_image: bytes | None = None  # encoded image file to start from (PNG/JPEG/...)
+    profile: str = "iris"  # cutout recipe: "iris", "classic" (the reference scripts') or "none"
+    image_prompts: tuple[tuple[bytes, float], ...] = ()  # (encoded image file, weight) pulled toward
+    init_weight: float = 0.0  # pull toward the init image (decaying); 0: none
+    ema: float = 0.0  # decay of an exponential moving average of the latents shown as the image; 0: off
 
-    def validated(self, max_steps: int, max_side: int, max_prompt_chars: int) -> ImagineRequest:
-        """Check limits; returns self so it chains. Raises BadRequest with a message fit for users."""
+    def validated(
+        self,
+        max_steps: int,
+        max_side: int,
+        max_prompt_chars: int,
+        images: ImageLimits = DEFAULT_LIMITS,
+    ) -> ImagineRequest:
+        """Check limits; returns self so it chains. Raises BadRequest (BadImage for an unusable image)
+        with a message fit for users."""
         parse_prompt(self.prompt, max_prompt_chars)
         if not 1 <= self.steps <= max_steps:
             raise BadRequest(f"steps must be between 1 and {max_steps}, got {self.steps}")
@@ -38,4 +54,24 @@ class ImagineRequest:
             raise BadRequest(f"generator must be vqgan or pixels, got {self.generator!r}")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise BadRequest("the seed must be a whole number between 0 and 2^63 - 1")
+        if self.profile not in PROFILES:
+            raise BadRequest(f"profile must be one of {', '.join(PROFILES)}, got {self.profile!r}")
+        if not (math.isfinite(self.init_weight) and 0 <= self.init_weight <= MAX_WEIGHT):
+            raise BadRequest(f"the init weight must be between 0 and {MAX_WEIGHT:g}, got {self.init_weight}")
+        if self.init_weight and self.init_image is None:
+            raise BadRequest("an init weight needs an init image to pull toward")
+        if not (math.isfinite(self.ema) and 0 <= self.ema < 1):
+            raise BadRequest(f"the EMA decay must be at least 0 and below 1 (e.g. 0.98), got {self.ema}")
+        if len(self.image_prompts) > MAX_IMAGE_PROMPTS:
+            raise BadRequest(
+                f"{len(self.image_prompts)} image prompts were given; the limit is {MAX_IMAGE_PROMPTS}"
+            )
+        if self.init_image is not None:
+            load_image(self.init_image, images, name="init image")
+        for i, (data, weight) in enumerate(self.image_prompts, 1):
+            if not (math.isfinite(weight) and abs(weight) <= MAX_WEIGHT):
+                raise BadRequest(
+                    f"the weight of image prompt {i} must be between -{MAX_WEIGHT:g} and {MAX_WEIGHT:g}"
+                )
+            load_image(data, images, name=f"image prompt {i}")  # size limits and a decodable picture
         return self

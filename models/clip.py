@@ -242,11 +242,12 @@ def load_clip(
     """The one factory for CLIP models.
 
     preset: "toy" (shipped), a registry name like "ViT-B-32/laion2b_s34b_b79k", or any open_clip
-    "ARCH/TAG". With `checkpoint`, the preset's architecture (or `arch_config`'s) gets that local file.
+    "ARCH/TAG" (its weights go through the same cache, `cache_dir/clip`, default `Config().cache_dir`).
+    With `checkpoint`, the preset's architecture (or `arch_config`'s) gets that local file. Images are
+    prepared as open_clip's registry says for the preset's tag, wherever the weights come from.
     """
-    from models.weights import CLIP_PRESETS
+    from models.weights import CLIP_PRESETS, clip_preprocess, download_clip
 
-    known = None
     dev = resolve_device(device)
     dtype = resolve_dtype(precision, dev)
     if arch_config is not None:
@@ -267,39 +268,30 @@ def load_clip(
             raise BadRequest(f"unknown CLIP preset {preset!r}; known: toy, {', '.join(CLIP_PRESETS)}")
         tag, name = tag_s or None, preset
         weights = Path(checkpoint) if checkpoint else None
+    # The tag's own mean/std, interpolation and resize mode (open_clip's defaults only without a tag).
+    prep: dict[str, Any] = clip_preprocess(f"{arch}/{tag}") if tag else {}
 
     if weights is not None or tag is None:
         with _quiet_random_init_warning():  # the weights are loaded right below
-            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None, device="cpu")
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                arch, pretrained=None, device="cpu", **prep
+            )
         if weights is not None:
             _load_state(model, _read_weights(weights), weights)
             name = f"{name}@{weights.name}" if checkpoint else name
-    elif known is not None and cache_dir is not None:
-        # Registry presets go through our cache (and its clear offline messages), then load from the file.
-        from models.weights import download_clip
+    else:
+        # Registry weights go through our cache (and its clear offline message), then load from the file.
+        if cache_dir is None:
+            from iris.config import Config
 
-        local = download_clip(preset, Path(cache_dir), offline=offline)
+            cache_dir = Config().cache_dir
+        local = download_clip(f"{arch}/{tag}", Path(cache_dir), offline=offline)
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
-                arch, pretrained=str(local), device="cpu"
+                arch, pretrained=str(local), device="cpu", **prep
             )
         except Exception as e:
             raise WeightsCorrupt(f"cannot load CLIP weights {local}: {e}") from e
-    else:
-        clip_cache = Path(cache_dir) / "clip" if cache_dir else None
-        if offline:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                arch, pretrained=tag, device="cpu", cache_dir=str(clip_cache) if clip_cache else None
-            )
-        except Exception as e:  # hub/network errors come in many types
-            where = clip_cache or "the Hugging Face cache"
-            raise WeightsUnavailable(
-                f"CLIP weights {preset} are not in {where} and could not be downloaded ({type(e).__name__}). "
-                f"Run `iris download {preset}` on a connected machine and copy the cache dir, or set "
-                "clip.checkpoint to a local file in config.yaml."
-            ) from e
     tokenizer = open_clip.get_tokenizer(arch)
     log.info("loaded CLIP %s on %s (%s)", name, dev, dtype)
     return Clip(model, tokenizer, preprocess, name, dev, dtype, text_cache)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 
 import torch
 
+from iris.config import Automatic, ImagineConfig
 from iris.errors import ConfigError
 
 
@@ -42,3 +44,32 @@ def autocast(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
     else:
         with torch.autocast(device_type=device.type, dtype=dtype):
             yield
+
+
+# The references' defaults (nerdyrodent/VQGAN-CLIP): 512 px on a GPU with 8 GB or more, ~300 px below,
+# 256 px without a GPU; 500 steps on a GPU, 300 on the CPU where a step costs seconds.
+GPU_MEMORY_FOR_512 = 8 * 10**9  # bytes; a "8 GB" card reports a little under 8 GiB
+
+
+def auto_imagine_size_steps(device: torch.device) -> tuple[int, int]:
+    """(side in px, steps) for `imagine.width/height/steps: auto` on this device."""
+    if device.type == "cuda":
+        memory = torch.cuda.get_device_properties(device).total_memory
+        return (512, 500) if memory >= GPU_MEMORY_FOR_512 else (304, 500)
+    return 256, 300
+
+
+def resolve_imagine(im: ImagineConfig, device: torch.device) -> ImagineConfig:
+    """The imagine section with every `auto` replaced by the device's value, bounded by the maxima."""
+    side, steps = auto_imagine_size_steps(device)
+    side = min(side, im.max_side)
+
+    def pick(value: int, auto: int) -> int:
+        return auto if isinstance(value, Automatic) else value
+
+    return dataclasses.replace(
+        im,
+        width=pick(im.width, side),
+        height=pick(im.height, side),
+        steps=pick(im.steps, min(steps, im.max_steps)),
+    )

@@ -14,9 +14,11 @@ from PIL import Image
 
 from iris.config import Config
 from iris.errors import BadRequest
+from iris.images import ImageLimits
 from iris.labels import check_labels
 from iris.request import ImagineRequest
 from models.clip import Clip, Prediction, load_clip
+from models.device import resolve_device, resolve_imagine
 from models.generate import Generation, create_generation
 from models.toy import TOY_VQGAN_CONFIG, TOY_VQGAN_WEIGHTS
 from models.vqgan import VQGAN, load_vqgan
@@ -29,6 +31,8 @@ class Engine:
         self.config = config
         self._clip: Clip | None = None
         self._vqgan: VQGAN | None = None
+        # imagine's "auto" defaults (size, steps), picked once for this device's memory
+        self.imagine = resolve_imagine(config.imagine, resolve_device(config.device))
 
     @property
     def clip(self) -> Clip:
@@ -65,10 +69,12 @@ class Engine:
                 from models.weights import vqgan_paths
 
                 assert v.preset is not None
-                cfg_path, ckpt = vqgan_paths(
-                    v.preset, self.config.cache_dir, offline=self.config.weights.offline
-                )
-                trust = True  # fetched from the preset's official address into our own cache
+                w = self.config.weights
+                files = vqgan_paths(v.preset, self.config.cache_dir, mirrors=w.mirrors, offline=w.offline)
+                cfg_path, ckpt = files.config, files.checkpoint
+                # A full unpickle only for the very bytes that were checked: a known sha256, or the one
+                # recorded when this file was downloaded and verified.
+                trust = trust or files.verified
             self._vqgan = load_vqgan(cfg_path, ckpt, device=self.clip.device, trust_pickle=trust)
         return self._vqgan
 
@@ -98,7 +104,7 @@ class Engine:
 
     def request(self, prompt: str, **overrides: object) -> ImagineRequest:
         """A request with the config's defaults, `overrides` applied (None values ignored), validated."""
-        im = self.config.imagine
+        im = self.imagine
         fields: dict[str, object] = dict(
             prompt=prompt,
             steps=im.steps,
@@ -107,10 +113,12 @@ class Engine:
             cutouts=im.cutouts,
             lr=im.lr,
             generator=im.generator if self.has_vqgan else "pixels",
+            profile=im.profile,
         )
         fields.update({k: v for k, v in overrides.items() if v is not None})
         req = ImagineRequest(**fields)  # type: ignore[arg-type]
-        return req.validated(im.max_steps, im.max_side, im.max_prompt_chars)
+        limits = ImageLimits(self.config.images.max_bytes, self.config.images.max_pixels)
+        return req.validated(im.max_steps, im.max_side, im.max_prompt_chars, limits)
 
     def new_generation(self, request: ImagineRequest) -> Generation:
         vqgan = self.vqgan if request.generator == "vqgan" else None

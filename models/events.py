@@ -29,7 +29,7 @@ class Started:
 class Progress:
     step: int
     total: int
-    loss: float
+    loss: float  # NaN unless this step shows a preview or is the last (reading it waits for the device)
     eta_s: float | None  # seconds left for this job
     preview_png: bytes | None = None  # only on the configured preview cadence
 

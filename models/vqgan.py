@@ -27,6 +27,9 @@ from iris.errors import WeightsCorrupt, WeightsUnavailable
 log = logging.getLogger(__name__)
 
 _GUMBEL_TARGETS = ("GumbelVQ",)
+# taming.models.vqgan.VQModel / GumbelVQ and latent-diffusion's ldm.models.autoencoder.VQModel (and its
+# VQModelInterface) share the encoder, decoder and quantiser modules and their key names.
+_VQ_TARGETS = ("VQModel", "GumbelVQ", "VQModelInterface")
 _DROP_PREFIXES = ("loss.",)  # discriminator and LPIPS weights: training only
 _NET2NET_PREFIX = "first_stage_model."
 
@@ -44,19 +47,32 @@ class VQGANConfig:
         return int(2 ** (len(self.ddconfig["ch_mult"]) - 1))
 
     @classmethod
-    def from_dict(cls, cfg: dict[str, Any]) -> VQGANConfig:
-        """Read a taming config (`model: {target, params: {ddconfig, n_embed, embed_dim}}`)."""
+    def from_dict(cls, cfg: Any) -> VQGANConfig:
+        """Read a taming / ldm config: `model: {target, params: {ddconfig, n_embed, embed_dim}}`."""
         try:
             model = cfg["model"]
+            target = str(model.get("target", "")).rsplit(".", 1)[-1]
+        except (KeyError, TypeError, AttributeError) as e:
+            raise WeightsCorrupt(f"not a taming VQGAN config (missing {e})") from e
+        if target not in _VQ_TARGETS:
+            raise WeightsCorrupt(
+                f"not a taming VQGAN config: its target is {model.get('target')!r}, "
+                f"not one of {', '.join(_VQ_TARGETS)} (taming or latent-diffusion)"
+            )
+        try:
             params = model["params"]
-            return cls(
+            made = cls(
                 ddconfig=dict(params["ddconfig"]),
                 n_embed=int(params["n_embed"]),
                 embed_dim=int(params["embed_dim"]),
-                gumbel=str(model.get("target", "")).rsplit(".", 1)[-1] in _GUMBEL_TARGETS,
+                gumbel=target in _GUMBEL_TARGETS,
             )
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             raise WeightsCorrupt(f"not a taming VQGAN config (missing {e})") from e
+        needed = ("ch", "ch_mult", "z_channels", "resolution", "num_res_blocks", "attn_resolutions")
+        if missing := [key for key in needed if key not in made.ddconfig]:
+            raise WeightsCorrupt(f"not a taming VQGAN config (ddconfig lacks {', '.join(missing)})")
+        return made
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> VQGANConfig:
@@ -166,8 +182,9 @@ def read_state_dict(path: str | Path, trust_pickle: bool = False) -> dict[str, t
     except pickle.UnpicklingError as e:
         if not trust_pickle:
             raise WeightsCorrupt(
-                f"{path} pickles objects besides tensors, so it is not loaded by default. If you trust this "
-                "file, set `vqgan.trust_pickle: true` in the config."
+                f"{path} pickles objects besides tensors (unpickling can run code), and its sha256 is "
+                "neither a known one nor the one recorded at a verified download, so it is not loaded. "
+                "If you trust this file, set `vqgan.trust_pickle: true` in the config."
             ) from e
         log.info("%s: weights-only load refused; unpickling the trusted file in full", path)
         ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_stub_pickle)

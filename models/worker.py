@@ -180,7 +180,16 @@ class WorkerThread:
         t0 = time.perf_counter()
         out_of_memory = False
         try:
-            loss = gen.step(between=self._run_waiting_short, slice_size=self.config.manager.step_slice)
+            # The loss is read (a wait for the device) only on steps whose event shows it; a step is cut
+            # into slices only while a short job is actually waiting (len() of a deque is atomic).
+            nxt = gen.steps_done + 1
+            read = nxt % self.config.imagine.preview_every == 0 or nxt >= gen.total
+            loss = gen.step(
+                lambda: bool(self._short),
+                between=self._run_waiting_short,
+                slice_size=self.config.manager.step_slice,
+                read_loss=read,
+            )
         except torch.OutOfMemoryError:
             out_of_memory = True  # retried below, outside this block: the traceback pins the step's frames
         except Exception as e:
