@@ -196,6 +196,12 @@ class Imagine(commands.Cog):
 
     async def _follow(self, handle: JobHandle, progress: ProgressMessage) -> None:
         progress.start()
+        try:
+            await self._follow_events(handle, progress)
+        finally:  # ended without a final state (an error, a cancel): its edit task ends with it
+            progress.close()
+
+    async def _follow_events(self, handle: JobHandle, progress: ProgressMessage) -> None:
         prompt, jid = handle.request.prompt, handle.id
         cancel = buttons(jid, "cancel")
         async for ev in handle.events():
@@ -289,7 +295,10 @@ class Imagine(commands.Cog):
         if interaction.message is None:
             raise Refused("That message is gone already.")
         await interaction.response.defer(ephemeral=True)
-        await interaction.message.delete()
+        try:
+            await interaction.message.delete()
+        except discord.NotFound:  # someone else deleted it first (Unknown Message)
+            await interaction.followup.send("That message is already deleted.", ephemeral=True)
 
     # -- after a restart ---------------------------------------------------------------------------------
     @commands.Cog.listener()
