@@ -12,13 +12,11 @@ from bot.app import IrisBot
 from bot.delivery import retrying
 from bot.errors import reply_error
 from iris.errors import BadImage
-from iris.images import ImageLimits, check_size, image_name
+from iris.images import ImageLimits, check_size, image_name, looks_like_image
 from iris.labels import check_labels, parse_labels
 from models.clip import Prediction
 
 log = logging.getLogger(__name__)
-
-IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp", "image/tiff")
 
 
 def bar(p: float, width: int = 12) -> str:
@@ -95,11 +93,7 @@ class Classify(commands.Cog):
 
     async def classify_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
         try:
-            images = [
-                a
-                for a in message.attachments
-                if (a.content_type or "").split(";")[0] in IMAGE_TYPES or a.width
-            ]
+            images = [a for a in message.attachments if looks_like_image(a.filename, a.content_type)]
             if not images:
                 raise BadImage("that message has no image attachment to classify")
             labels = self._labels(None, interaction.guild_id)
