@@ -9,6 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.app import IrisBot
+from bot.attachments import read_capped
 from bot.delivery import retrying
 from bot.errors import reply_error
 from iris.errors import BadImage
@@ -66,10 +67,9 @@ class Classify(commands.Cog):
         top_k: int | None,
     ) -> None:
         cfg = self.bot.config.images
-        check_size(
-            attachment.size, ImageLimits(cfg.max_bytes, cfg.max_pixels), image_name(attachment.filename)
-        )
-        data = await attachment.read()
+        name = image_name(attachment.filename)
+        check_size(attachment.size, ImageLimits(cfg.max_bytes, cfg.max_pixels), name)
+        data = await read_capped(attachment.url, cfg.max_bytes, name)  # a declared size can be wrong
         preds = await self.bot.manager.classify(data, labels, top_k=top_k)
         embed = result_embed(preds, self.bot.config.discord.none_threshold, attachment.url)
         await retrying(lambda: interaction.followup.send(embed=embed))

@@ -9,7 +9,8 @@ import asyncio
 
 from bot.commands.imagine._restart import _resume
 from models.journal import JobState
-from tests.bot.conftest import StepGate, final_of, has_button, is_final, title
+from models.toy import world
+from tests.bot.conftest import StepGate, final_of, has_button, is_final, png, title
 from tests.bot.test_delivery import job_id, pictures, until_step_6
 
 ORIGINAL = r"/messages/@original$"
@@ -115,3 +116,19 @@ async def test_a_picture_whose_channel_was_deleted_goes_by_dm_saying_so(w):
         dm = await w.fake.wait_for(lambda: next(iter(w.fake.dm_messages(w.alice)), None), timeout=30)
         assert is_final(dm) and "channel was deleted" in dm.content and "refused" not in dm.content
         await w.fake.wait_for(lambda: bot.manager.journal.get(jid).state == "delivered")
+
+
+async def test_an_init_image_is_downloaded_after_deferring_and_capped(w):
+    async with w.bot() as bot:
+        small = png(world.make_image("red", "circle", 1))
+        rec = await w.fake.invoke_slash(
+            "imagine", user=w.alice, channel=w.channel, prompt="a red circle", init_image=("i.png", small)
+        )
+        # The CDN now holds more than the declared size (and the limit): the read must stop there.
+        attachment = max(w.fake.state.attachments.values(), key=lambda a: a.id)
+        attachment.data = small + bytes(600_000)
+        reply = await w.fake.wait_for(lambda: rec.followups[-1] if rec.followups else None, timeout=30)
+        assert reply.ephemeral and "too large" in reply.content
+        assert bot.manager.status().queue_length == 0 and bot.manager.status().running is None
+    kinds = [r.path for r in w.fake.requests if r.path.endswith("/callback") or r.path.startswith("/cdn/")]
+    assert kinds[0].endswith("/callback") and kinds[1].startswith("/cdn/")  # deferred before downloading
