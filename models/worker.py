@@ -78,9 +78,8 @@ class WorkerThread:
         stops taking jobs and every job and short job ends (`_worker_died`)."""
         try:
             self._work()
-        except BaseException as e:
+        except BaseException as e:  # logged there, with an error id; the thread then ends quietly
             self._worker_died(e)
-            raise
 
     def _work(self) -> None:
         while True:
