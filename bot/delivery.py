@@ -1,8 +1,10 @@
 """Messages that must arrive: retried past rate limits and server errors, and people told why when not.
 
 A progress edit may be dropped (the next one replaces it); a final answer may not. `retrying` sends again
-after Discord's `retry_after` when discord.py's own retries give up on a 429 (or a 5xx), and
-`why_not` turns Discord's refusals into a sentence for the person who asked.
+after Discord's `retry_after` when discord.py's own retries give up on a 429 (or a 5xx) or when the
+connection drops (discord.py does not retry that), and `why_not` turns Discord's refusals into a sentence
+for the person who asked. `SEND_ERRORS` is what a send to one place can fail with: the caller then tries
+the next place.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import aiohttp
 import discord
 
 log = logging.getLogger(__name__)
@@ -22,10 +25,15 @@ ATTEMPTS = 4  # sends of one message to one place; each is up to 5 tries by disc
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_WAIT_S = 60.0  # longest wait between two sends; a longer retry_after counts as "keeps failing"
 TOKEN_GONE = frozenset({10015, 10062, 50027})  # Unknown Webhook, Unknown interaction, Invalid Webhook Token
+# No answer at all: the connection dropped (ServerDisconnectedError, a reset) or timed out.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
+# What one send can fail with: Discord refused it, or it never got an answer.
+SEND_ERRORS: tuple[type[BaseException], ...] = (discord.HTTPException, *CONNECTION_ERRORS)
 
 
 async def retrying(send: Callable[[], Awaitable[T]], attempts: int = ATTEMPTS) -> T:
-    """`await send()`; again after `retry_after` while Discord answers 429 or a 5xx, `attempts` times."""
+    """`await send()`; again after `retry_after` while Discord answers 429 or a 5xx, or after a short
+    pause when the connection drops, `attempts` times."""
     for attempt in range(1, attempts + 1):
         try:
             return await send()
@@ -35,6 +43,11 @@ async def retrying(send: Callable[[], Awaitable[T]], attempts: int = ATTEMPTS) -
                 raise
             log.info("Discord answered %s; again in %.2f s (%d/%d)", e.status, wait, attempt, attempts)
             await asyncio.sleep(wait)
+        except CONNECTION_ERRORS as e:
+            if attempt == attempts:
+                raise
+            log.info("no answer from Discord (%r); again in 1 s (%d/%d)", e, attempt, attempts)
+            await asyncio.sleep(1.0)
     raise AssertionError("unreachable")
 
 

@@ -24,7 +24,7 @@ import discord
 from asyncio_throttle import Throttler
 from PIL import Image
 
-from bot.delivery import TOKEN_GONE, retrying, why_not
+from bot.delivery import SEND_ERRORS, TOKEN_GONE, retrying, why_not
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +89,13 @@ class ProgressMessage:
         window_s: float,
         message: discord.Message | discord.PartialMessage | None = None,
         requester: Requester | None = None,
+        channel_gone: str | None = None,  # with channel None: why, for the requester ("it was deleted")
     ) -> None:
         self.interaction = interaction
         self.channel = channel
         self.message = message
         self.requester = requester
+        self.channel_gone = channel_gone
         self._throttle = Throttler(rate_limit=edits_per_window, period=window_s)
         self._latest: View | None = None
         self._wake = asyncio.Event()
@@ -105,6 +107,13 @@ class ProgressMessage:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="iris-progress")
         self._task.add_done_callback(_log_failure)
+
+    def close(self) -> None:
+        """Stop the progress edits at once (the job's follower ended without a final state, or was
+        cancelled): the edit task must not outlive it."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
 
     def show(self, view: View) -> None:
         """Ask for `view` to be shown; replaces any state not yet sent."""
@@ -121,7 +130,9 @@ class ProgressMessage:
         self._latest = None
         self._wake.set()
         if self._task is not None:
-            await self._task  # an edit in flight ends first, so it cannot overwrite the final state
+            # An edit in flight ends first, so it cannot overwrite the final state. `wait`, not `await`:
+            # whatever ended the progress task (logged by its callback) must not stop the final state.
+            await asyncio.wait({self._task})
         async with self._throttle:
             return await self._deliver(view, fallback)
 
@@ -132,15 +143,15 @@ class ProgressMessage:
                 assert self.interaction is not None
                 await retrying(lambda: self.interaction.followup.send(text, ephemeral=True))  # type: ignore[union-attr]
                 return True
-        except discord.HTTPException as e:
-            log.info("could not answer privately through the interaction: %s", e)
+        except SEND_ERRORS as e:
+            log.info("could not answer privately through the interaction: %r", e)
         if self.requester is None:
             return False
         try:
             dm = await self.requester()
             await retrying(lambda: dm.send(text))
             return True
-        except discord.HTTPException as e:
+        except SEND_ERRORS as e:
             log.warning("could not tell the requester privately: %s", e)
             return False
 
@@ -154,7 +165,10 @@ class ProgressMessage:
                 view, self._latest = self._latest, None
                 if view is None or self._closed:
                     continue
-                await self._send(view)
+                try:
+                    await self._send(view)
+                except Exception as e:  # a progress edit may be dropped; the task must live on
+                    log.warning("progress edit failed: %r", e)
 
     def _token_alive(self) -> bool:
         if self.interaction is None:
@@ -196,6 +210,9 @@ class ProgressMessage:
                     continue
                 log.warning("progress edit failed: %s", e)
                 return
+            except SEND_ERRORS as e:  # the connection dropped: the next state replaces this one
+                log.warning("progress edit got no answer: %r", e)
+                return
 
     async def _deliver(self, view: View, fallback: bool) -> Delivery:
         """The final state: edit the message, else post it in the channel, else DM a picture."""
@@ -214,8 +231,8 @@ class ProgressMessage:
         for place, send in places:
             try:
                 sent = await retrying(send)
-            except discord.HTTPException as e:
-                log.warning("final message could not be sent (%s): %s", place, e)
+            except SEND_ERRORS as e:
+                log.warning("final message could not be sent (%s): %r", place, e)
                 failures.append((place, e))
                 continue
             self.edits += 1
@@ -229,11 +246,14 @@ class ProgressMessage:
     async def _by_dm(self, view: View, failures: list[tuple[str, BaseException]]) -> Delivery:
         """The picture by DM, saying why it is not where it was asked for; else at least the reason."""
         assert self.requester is not None
-        reason = why_not(failures[-1][1]) if failures else "Discord refused it"
-        where = f"<#{getattr(self.channel, 'id', '')}>"
+        if self.channel is None:  # nothing was tried: say why there was no place to try
+            where, reason = "its channel", self.channel_gone or "the channel is gone"
+        else:
+            where = f"<#{self.channel.id}>" if hasattr(self.channel, "id") else "its channel"
+            reason = why_not(failures[-1][1]) if failures else "Discord refused it"
         try:
             dm = await self.requester()
-        except discord.HTTPException as e:
+        except SEND_ERRORS as e:
             failures.append(("dm", e))
             return Delivery(None, None, failures)
         payload = _as_new(self._payload(view))
@@ -242,12 +262,12 @@ class ProgressMessage:
         try:
             sent = await retrying(lambda: dm.send(**payload))
             return Delivery("dm", sent, failures)
-        except discord.HTTPException as e:
+        except SEND_ERRORS as e:
             failures.append(("dm", e))
         try:
             text = f"Your picture is made but I couldn't post it in {where} ({reason}) nor send it here."
             await retrying(lambda: dm.send(text))
-        except discord.HTTPException as e:
+        except SEND_ERRORS as e:
             log.warning("the requester could not be told where their picture is: %s", e)
         return Delivery(None, None, failures)
 

@@ -18,7 +18,8 @@ from typing import Annotated, Any, TypeVar
 
 import yaml
 
-from iris.errors import ConfigError
+from iris.errors import BadRequest, ConfigError
+from iris.labels import check_labels
 from iris.request import PROFILES
 
 MAX_CONFIG_BYTES = 2**20  # a config file is a few KiB; more is the wrong file
@@ -342,6 +343,15 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("imagine: the default steps/size exceed imagine.max_steps/max_side")
     if not (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith(("cuda", "mps"))):
         raise ConfigError(f"device: {cfg.device!r} is not auto, cpu, cuda, cuda:N or mps")
+    label_lists = {"classify.default_labels": cfg.classify.default_labels}
+    for gid, guild in cfg.discord.guilds.items():
+        if guild.default_labels is not None:
+            label_lists[f"discord.guilds.{gid}.default_labels"] = guild.default_labels
+    for key, labels in label_lists.items():  # the check every request gets: else each use would fail
+        try:
+            check_labels(labels, cfg.classify.max_labels, cfg.classify.max_label_chars)
+        except BadRequest as e:
+            raise ConfigError(f"{key}: {e.message}") from e
 
 
 def parse_config(data: Any) -> Config:

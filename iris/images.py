@@ -246,6 +246,14 @@ def image_name(name: str | None) -> str:
     return f"'{name}'"
 
 
+def looks_like_image(filename: str | None, content_type: str | None) -> bool:
+    """The one rule for "this attachment is meant as an image" (before its bytes are read): an image/*
+    content type, or a known image file ending (Discord leaves the type out for some uploads). Decoding
+    decides the rest: a .png that is a web page is still refused by `load_image`."""
+    ctype = (content_type or "").split(";")[0].strip().lower()
+    return ctype.startswith("image/") or (filename or "").lower().endswith(IMAGE_SUFFIXES)
+
+
 def human_bytes(n: int) -> str:
     """A byte count for people: 512 bytes, 391 KiB, 25.0 MiB."""
     if n < 2**10:
@@ -265,6 +273,7 @@ __all__ = [
     "image_name",
     "image_sha256",
     "load_image",
+    "looks_like_image",
     "read_image_bytes",
     "sniff",
 ]

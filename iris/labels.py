@@ -26,7 +26,7 @@ def check_labels(labels: list[str], max_labels: int = 50, max_chars: int = 100) 
     """The one label check (CLI, bot and engine): non-empty, not too many, not too long."""
     labels = list(dict.fromkeys(lb.strip() for lb in labels if lb.strip()))
     if not labels:
-        raise BadRequest('give at least one label, e.g. --labels "cat, dog, a person"')
+        raise BadRequest('give at least one label, e.g. "cat, dog, a person"')
     if len(labels) > max_labels:
         raise BadRequest(f"{len(labels)} labels given; the limit is {max_labels}")
     long = [lb for lb in labels if len(lb) > max_chars]

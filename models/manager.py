@@ -24,10 +24,12 @@ from PIL import Image
 from iris.config import Config
 from iris.errors import (
     BadRequest,
+    InternalError,
     IrisError,
     QueueFull,
     ServiceClosed,
     UserLimitReached,
+    report_unexpected,
 )
 from iris.images import ImageLimits, load_image
 from iris.request import ImagineRequest
@@ -41,6 +43,8 @@ from models.short_jobs import ShortJob
 from models.worker import GenJob, WorkerThread
 
 log = logging.getLogger(__name__)
+
+WORKER_STOP_S = 60.0  # close(): longest wait for the worker thread to end once told to stop
 
 
 class InferenceManager(WorkerThread):
@@ -65,6 +69,7 @@ class InferenceManager(WorkerThread):
         self.clock: Callable[[], float] = time.time  # Unix time for retention (tests move it)
         self._next_prune = 0.0  # clock() time of the next journal retention pass
         self.forward_batches = 0  # short-job batches run (each one image forward pass at most)
+        self._unmarked: set[str] = set()  # delivered, but the journal write failed: tried again later
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def __aenter__(self) -> InferenceManager:
@@ -102,7 +107,8 @@ class InferenceManager(WorkerThread):
                 queued, self._queue = list(self._queue), deque()
             for job in queued:  # kept as unfinished in the journal: offered back on the next start
                 self._emit(job, Cancelled("shutdown"))
-        while (self._current or self._queue) and time.monotonic() < deadline:
+        thread = self._thread
+        while (self._current or self._queue) and time.monotonic() < deadline and thread.is_alive():
             await asyncio.sleep(0.02)
         with self._cv:
             leftovers = list(self._queue)
@@ -111,16 +117,20 @@ class InferenceManager(WorkerThread):
                 self._current.cancel.set()
         for job in leftovers:
             self._emit(job, Cancelled("shutdown"))
-        while self._current is not None:
+        while self._current is not None and thread.is_alive():  # a dead worker ended its jobs itself
             await asyncio.sleep(0.02)
         with self._cv:
             self._stop = True
             self._cv.notify_all()
-        await asyncio.to_thread(self._thread.join)
+        await asyncio.to_thread(thread.join, WORKER_STOP_S)
+        if thread.is_alive():  # stuck in torch: a daemon thread, it cannot keep the process alive
+            log.error("the inference worker did not stop within %g s; leaving it behind", WORKER_STOP_S)
         self._thread = None
         for short in list(self._short):
             self._resolve(short.future, error=ServiceClosed("the service is shutting down"))
         self._short.clear()
+        for job_id in list(self._unmarked):  # a last try before the journal closes
+            self.mark_delivered(job_id)
         self._close_journal()
 
     def _open_journal(self) -> None:
@@ -235,7 +245,15 @@ class InferenceManager(WorkerThread):
                     )
             handle = JobHandle(self, job_id, owner, request)
             job = GenJob(job_id, owner, request, handle)
-            self.journal.add(job_id, owner, request, meta or {})
+            try:
+                self.journal.add(job_id, owner, request, meta or {})
+            except IrisError:
+                raise
+            except Exception as e:  # disk full, a broken file: refuse the job rather than lose it later
+                error_id = report_unexpected(log, e, f"journaling job {job_id}")
+                raise InternalError(
+                    f"I can't take new pictures right now; try again later (error id {error_id})"
+                ) from e
             self._queue.append(job)
             self._publish_positions_locked()
             self._cv.notify_all()
@@ -259,8 +277,24 @@ class InferenceManager(WorkerThread):
         Idempotent; True only when this call changed the state (False for an unknown job, a job not
         generated yet, or one already delivered). A restart redelivers every job not marked. Works after
         close() too (deliveries may finish during a shutdown), while no other process owns the journal.
+        Never raises: a failed journal write is logged once and tried again with the next mark and at
+        close(); should it keep failing, the next start posts the picture again.
         """
         self._undelivered.pop(job_id, None)
+        changed = False
+        for jid in [job_id, *(self._unmarked - {job_id})]:
+            try:
+                moved = self._mark(jid)
+            except Exception as e:
+                if jid not in self._unmarked:
+                    report_unexpected(log, e, f"marking job {jid} delivered", level=logging.WARNING)
+                self._unmarked.add(jid)
+                continue
+            self._unmarked.discard(jid)
+            changed = changed or (moved and jid == job_id)
+        return changed
+
+    def _mark(self, job_id: str) -> bool:
         if self._journal is not None:
             return self._journal.move(job_id, JobState.GENERATED, JobState.DELIVERED)
         # After close(): a delivery that was still under way (waiting out a rate limit) lands during the
@@ -288,9 +322,15 @@ class InferenceManager(WorkerThread):
         return handle
 
     def discard(self, entry: JournalEntry, reason: str = "discarded after a restart") -> None:
-        """Give up an unfinished job (its place to report is gone): CANCELLED, with `reason` journaled."""
-        self.journal.update(entry.id, state=JobState.CANCELLED, error=reason)
+        """Give up an unfinished job (its place to report is gone): CANCELLED, with `reason` journaled.
+        Should the write fail (logged), the next start offers the job again."""
         self._unfinished.pop(entry.id, None)
+        try:
+            self.journal.update(entry.id, state=JobState.CANCELLED, error=reason)
+        except ServiceClosed:
+            raise
+        except Exception as e:
+            report_unexpected(log, e, f"discarding job {entry.id}")
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued or running job by id (e.g. from a button after a restart of the bot)."""
@@ -301,8 +341,8 @@ class InferenceManager(WorkerThread):
             for job in self._queue:
                 if job.id == job_id:
                     self._queue.remove(job)
-                    self.journal.update(job_id, state=JobState.CANCELLED)
-                    self._emit(job, Cancelled())
+                    self._journal_quietly(job, state=JobState.CANCELLED)  # a failed write must not
+                    self._emit(job, Cancelled())  # keep the job from ending
                     self._publish_positions_locked()
                     return True
             if self._current is not None and self._current.id == job_id and not self._current.cancel.is_set():

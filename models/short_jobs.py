@@ -41,13 +41,14 @@ def take_batch(waiting: deque[ShortJob], max_images: int) -> list[ShortJob]:
     return batch
 
 
-def run_batch(clip: Clip, batch: list[ShortJob], settle: Settle) -> None:
-    """One image forward pass for every image in `batch`, one text pass for its texts; a job whose own
-    part fails (a bad label list) is settled with its error. Raises when the shared pass itself fails."""
+def run_batch(clip: Clip, batch: list[ShortJob], settle: Settle, batch_size: int) -> None:
+    """The images of every job in `batch` share forward passes of up to `batch_size` images (the
+    config's `clip.batch_size`, so a big embed cannot exhaust memory), one text pass for its texts; a job
+    whose own part fails (a bad label list) is settled with its error. Raises when a shared pass fails."""
     with_images = [j for j in batch if j.kind in ("classify", "images")]
     if with_images:
         all_images = [im for j in with_images for im in j.images]
-        feats = clip.encode_images(all_images, batch_size=max(1, len(all_images)))  # (N, D), one pass
+        feats = clip.encode_images(all_images, batch_size=batch_size)  # (N, D)
         offset = 0
         for j in with_images:
             own = feats[offset : offset + len(j.images)]

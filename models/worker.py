@@ -74,6 +74,14 @@ class WorkerThread:
         raise NotImplementedError  # InferenceManager's
 
     def _worker(self) -> None:
+        """The thread's body. Should anything escape the loop, no caller is left waiting: the manager
+        stops taking jobs and every job and short job ends (`_worker_died`)."""
+        try:
+            self._work()
+        except BaseException as e:  # logged there, with an error id; the thread then ends quietly
+            self._worker_died(e)
+
+    def _work(self) -> None:
         while True:
             with self._cv:
                 while not (self._short or self._queue or self._current or self._stop):
@@ -94,14 +102,36 @@ class WorkerThread:
                     self._start_job(start)
                 elif job is not None:
                     self._step_job(job)
-            except Exception as e:  # the worker must survive anything, and never retry the same failure
-                if short or target is None:
+            except BaseException as e:  # the worker survives anything (even a BaseException raised in a
+                # step, as SystemExit is), and never retries the same failure; it stops only on _stop
+                if short:
+                    error = self._user_error(e)
+                    for one in short:  # those already settled stay as they are
+                        self._resolve(one.future, error=error)
+                elif target is None:
                     report_unexpected(log, e, "the inference worker")
                 else:
                     self._end(
                         target, Failed(self._user_error(e, f"job {target.id}")), JobState.FAILED, error=str(e)
                     )
             self._prune_if_due()
+
+    def _worker_died(self, e: BaseException) -> None:
+        """The worker thread is ending on an error: fail what it would have run, take nothing more."""
+        error = self._user_error(e, "the inference worker")
+        with self._cv:
+            self._accepting = False
+            jobs = ([self._current] if self._current is not None else []) + list(self._queue)
+            self._queue.clear()
+            shorts = list(self._short)
+            self._short.clear()
+        for job in jobs:
+            try:
+                self._end(job, Failed(error), JobState.FAILED, error=str(e))
+            except Exception as again:  # the others must still hear the end
+                report_unexpected(log, again, f"ending job {job.id}")
+        for short in shorts:
+            self._resolve(short.future, error=error)
 
     def _prune_if_due(self) -> None:
         """Retention: delete jobs over for `manager.retention_days`, at start and then at most hourly."""
@@ -130,8 +160,8 @@ class WorkerThread:
     def _run_short(self, batch: list[ShortJob]) -> None:
         self.forward_batches += 1
         try:
-            run_batch(self.engine.clip, batch, self._settle_short)
-        except Exception as e:
+            run_batch(self.engine.clip, batch, self._settle_short, self.config.clip.batch_size)
+        except BaseException as e:  # even a BaseException fails only the short jobs, not the step around
             if len(batch) == 1:
                 self._settle_short(batch[0], None, e)
                 return

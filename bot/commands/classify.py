@@ -9,16 +9,15 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.app import IrisBot
+from bot.attachments import read_capped
 from bot.delivery import retrying
 from bot.errors import reply_error
 from iris.errors import BadImage
-from iris.images import ImageLimits, check_size, image_name
+from iris.images import ImageLimits, check_size, image_name, looks_like_image
 from iris.labels import check_labels, parse_labels
 from models.clip import Prediction
 
 log = logging.getLogger(__name__)
-
-IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp", "image/tiff")
 
 
 def bar(p: float, width: int = 12) -> str:
@@ -68,10 +67,9 @@ class Classify(commands.Cog):
         top_k: int | None,
     ) -> None:
         cfg = self.bot.config.images
-        check_size(
-            attachment.size, ImageLimits(cfg.max_bytes, cfg.max_pixels), image_name(attachment.filename)
-        )
-        data = await attachment.read()
+        name = image_name(attachment.filename)
+        check_size(attachment.size, ImageLimits(cfg.max_bytes, cfg.max_pixels), name)
+        data = await read_capped(attachment.url, cfg.max_bytes, name)  # a declared size can be wrong
         preds = await self.bot.manager.classify(data, labels, top_k=top_k)
         embed = result_embed(preds, self.bot.config.discord.none_threshold, attachment.url)
         await retrying(lambda: interaction.followup.send(embed=embed))
@@ -95,11 +93,7 @@ class Classify(commands.Cog):
 
     async def classify_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
         try:
-            images = [
-                a
-                for a in message.attachments
-                if (a.content_type or "").split(";")[0] in IMAGE_TYPES or a.width
-            ]
+            images = [a for a in message.attachments if looks_like_image(a.filename, a.content_type)]
             if not images:
                 raise BadImage("that message has no image attachment to classify")
             labels = self._labels(None, interaction.guild_id)

@@ -19,7 +19,7 @@ import yarl
 from asyncio_throttle import Throttler
 
 from iris.errors import BadImage
-from iris.images import IMAGE_SUFFIXES, ImageLimits, check_size, human_bytes
+from iris.images import ImageLimits, check_size, human_bytes, looks_like_image
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ def image_refs(message: discord.Message) -> list[ImageRef]:
     """
     refs = []
     for a in message.attachments:
-        ctype = (a.content_type or "").split(";")[0].strip()
-        if ctype.startswith("image/") or a.filename.lower().endswith(IMAGE_SUFFIXES):
+        if looks_like_image(a.filename, a.content_type):
+            ctype = (a.content_type or "").split(";")[0].strip()
             refs.append(ImageRef(f"{message.id}/{a.id}", a.url, a.size, ctype or None))
     for n, embed in enumerate(message.embeds):
         shown = embed.image if embed.image else (embed.thumbnail if embed.type == "image" else None)

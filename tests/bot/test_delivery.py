@@ -160,22 +160,27 @@ async def test_thread_names_never_look_blank(w, prompt, name):
 
 
 @pytest.mark.parametrize(
-    "data,says",
+    "data,says,at_once",
     [
-        (b"", "is empty"),
-        (b"<!doctype html><html></html>", "not"),
-        (b"\x89PNG\r\n\x1a\n" + bytes(500_000), "too large"),
-        (bomb(), "pixels"),
+        (b"", "is empty", True),  # the declared size says so: answered before deferring
+        (b"\x89PNG\r\n\x1a\n" + bytes(500_000), "too large", True),
+        (b"<!doctype html><html></html>", "not", False),  # only the bytes tell: read after deferring
+        (bomb(), "pixels", False),
     ],
 )
-async def test_a_bad_init_image_is_answered_privately_before_deferring(w, data, says):
+async def test_a_bad_init_image_is_answered_privately(w, data, says, at_once):
     async with w.bot() as bot:
         rec = await w.fake.invoke_slash(
             "imagine", user=w.alice, channel=w.channel, prompt="a red circle", init_image=("i.png", data)
         )
         await rec.wait_response()
-        assert rec.callback_type == 4 and not rec.deferred  # answered at once, never a public "thinking…"
-        assert rec.ephemeral and says in rec.original.content and "Traceback" not in rec.original.content
+        if at_once:
+            assert rec.callback_type == 4 and not rec.deferred  # never a public "thinking…"
+            reply = rec.original
+        else:  # the public "thinking…" is removed; the reason goes to the requester only
+            reply = await w.fake.wait_for(lambda: rec.followups[-1] if rec.followups else None)
+            await w.fake.wait_for(lambda: rec.original is None or rec.original.deleted)
+        assert reply.ephemeral and says in reply.content and "Traceback" not in reply.content
         assert bot.manager.status().queue_length == 0 and bot.manager.status().running is None
         assert [m for m in w.fake.seen_by(w.bob, w.channel) if m.author is w.fake.bot] == []
     good = png(world.make_image("red", "circle", 1))

@@ -69,6 +69,7 @@ class FakeDiscord:
         self.token = secrets.token_urlsafe(32)  # what the bot must log in with
         self.attachment_size_limit = attachment_size_limit  # per file; sent in interactions too
         self.limiter = RateLimiter()
+        self._drops: list[tuple[str, re.Pattern[str], list[int]]] = []  # (method, path, [left]) to drop
         self.requests: list[RequestRecord] = []
         self.errors: list[str] = []  # the fake's own failures, raised when it stops
         self.gateway = Gateway(self.state, lambda: self.token, lambda: self.resume_url)
@@ -181,6 +182,10 @@ class FakeDiscord:
         if not (is_api or is_cdn):
             return await handler(request)  # the gateway
         relative = path[len(API) :] if is_api else path
+        if self._take_drop(request.method, relative):
+            assert request.transport is not None
+            request.transport.close()  # the connection drops mid-request: the client sees no answer
+            raise ConnectionResetError("dropped by the test")
         response = await self._serve(request, handler, relative, is_api)
         self.requests.append(
             RequestRecord(request.method, relative, self.clock.now(), response.status, request.query_string)
@@ -249,6 +254,18 @@ class FakeDiscord:
         A request that comes back sooner than `retry_after` after one of these 429s is a failure of the
         client (recorded in `errors`): Discord would count it against the bot."""
         self.limiter.inject(method, path_regex, count, retry_after, is_global)
+
+    def drop_connections(self, method: str, path_regex: str, count: int = 1) -> None:
+        """Close the connection on the next `count` matching requests (path below /api/v10, or a /cdn/
+        path), as a proxy or a network fault does: the client gets no answer at all."""
+        self._drops.append((method, re.compile(path_regex), [count]))
+
+    def _take_drop(self, method: str, relative: str) -> bool:
+        for m, pattern, left in self._drops:
+            if m == method and left[0] > 0 and pattern.search(relative):
+                left[0] -= 1
+                return True
+        return False
 
     def end_429s(self) -> None:
         """Stop every injected 429 storm."""

@@ -78,3 +78,21 @@ def test_cache_dir(monkeypatch):
 def test_unquoted_ids_are_read_as_ids():
     cfg = parse_config({"discord": {"dev_guilds": [123456789012345678]}})
     assert cfg.discord.dev_guilds == ["123456789012345678"]
+
+
+@pytest.mark.parametrize(
+    "data,match",
+    [
+        ({"classify": {"default_labels": []}}, "classify.default_labels: give at least one label"),
+        ({"classify": {"default_labels": [" ", ""]}}, "classify.default_labels: give at least one label"),
+        ({"classify": {"default_labels": [f"l{i}" for i in range(51)]}}, "default_labels: 51 labels"),
+        (
+            {"discord": {"guilds": {"123456789012345678": {"default_labels": ["x" * 500] * 80}}}},
+            r"discord.guilds.123456789012345678.default_labels: labels are limited to 100 characters",
+        ),
+        ({"discord": {"guilds": {"123456789012345678": {"default_labels": []}}}}, "at least one label"),
+    ],
+)
+def test_label_lists_in_the_config_pass_the_label_check(data, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_config(data)

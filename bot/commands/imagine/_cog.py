@@ -14,12 +14,13 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.app import IrisBot
+from bot.attachments import check_declared, read_image
 from bot.commands.status import fmt_eta
 from bot.delivery import why_not
 from bot.errors import Refused
 from bot.progress import ProgressMessage, Requester, View
 from iris.errors import IrisError
-from iris.images import ImageLimits, check_size, image_name, load_image
+from iris.images import ImageLimits
 from iris.request import ImagineRequest
 from models.events import Cancelled, Done, Failed, Progress, Queued, Started
 from models.handle import JobHandle
@@ -75,18 +76,11 @@ class Imagine(commands.Cog):
         request = self.bot.manager.engine.request(
             prompt, steps=steps, seed=seed, width=size[0], height=size[1], generator=generator
         )  # validates: answers privately before deferring
-        if init_image is not None:  # so is the init image: an error after deferring would be public
-            request = dataclasses.replace(request, init_image=await self._init_image(init_image))
-        await self.defer_and_submit(interaction, request)
+        await self.defer_and_submit(interaction, request, init_image)
 
-    async def _init_image(self, attachment: discord.Attachment) -> bytes:
-        """The attachment's bytes, once they decode as an image within the limits (else BadImage)."""
+    def _image_limits(self) -> ImageLimits:
         cfg = self.bot.config.images
-        limits = ImageLimits(cfg.max_bytes, cfg.max_pixels)
-        check_size(attachment.size, limits, image_name(attachment.filename))
-        data = await attachment.read()
-        await asyncio.to_thread(load_image, data, limits, attachment.filename)
-        return data
+        return ImageLimits(cfg.max_bytes, cfg.max_pixels)
 
     def check_allowed(self, interaction: discord.Interaction, prompt: str) -> None:
         for pattern in self._banned:
@@ -109,8 +103,21 @@ class Imagine(commands.Cog):
             return w * 3 // 4, h
         return w, h
 
-    async def defer_and_submit(self, interaction: discord.Interaction, request: ImagineRequest) -> None:
+    async def defer_and_submit(
+        self,
+        interaction: discord.Interaction,
+        request: ImagineRequest,
+        init_image: discord.Attachment | None = None,
+    ) -> None:
+        """Defer, then queue. An init image's declared size is checked before deferring (no download);
+        its bytes are read after (a slow download must not pass Discord's 3 s), capped and decoded; an
+        error then removes the public "thinking…" and is answered privately (bot/errors.py)."""
+        if init_image is not None:
+            check_declared(init_image, self._image_limits())
         response = await interaction.response.defer(thinking=True)
+        if init_image is not None:
+            data = await read_image(init_image, self._image_limits())
+            request = dataclasses.replace(request, init_image=data)
         await self.submit(interaction, request, getattr(response, "message_id", None))
 
     async def submit(
@@ -196,6 +203,12 @@ class Imagine(commands.Cog):
 
     async def _follow(self, handle: JobHandle, progress: ProgressMessage) -> None:
         progress.start()
+        try:
+            await self._follow_events(handle, progress)
+        finally:  # ended without a final state (an error, a cancel): its edit task ends with it
+            progress.close()
+
+    async def _follow_events(self, handle: JobHandle, progress: ProgressMessage) -> None:
         prompt, jid = handle.request.prompt, handle.id
         cancel = buttons(jid, "cancel")
         async for ev in handle.events():
@@ -275,9 +288,8 @@ class Imagine(commands.Cog):
         message = interaction.message
         if message is None or not message.attachments:
             raise Refused("This message has no picture to vary.")
-        data = await message.attachments[0].read()
         await self.defer_and_submit(
-            interaction, dataclasses.replace(entry.request, seed=None, init_image=data)
+            interaction, dataclasses.replace(entry.request, seed=None), message.attachments[0]
         )
 
     async def on_delete(self, interaction: discord.Interaction, job_id: str) -> None:
@@ -289,7 +301,10 @@ class Imagine(commands.Cog):
         if interaction.message is None:
             raise Refused("That message is gone already.")
         await interaction.response.defer(ephemeral=True)
-        await interaction.message.delete()
+        try:
+            await interaction.message.delete()
+        except discord.NotFound:  # someone else deleted it first (Unknown Message)
+            await interaction.followup.send("That message is already deleted.", ephemeral=True)
 
     # -- after a restart ---------------------------------------------------------------------------------
     @commands.Cog.listener()
