@@ -29,7 +29,8 @@ MAX_LR = 10.0  # as ImagineRequest.validated allows
 
 
 def _config(args: argparse.Namespace) -> Config:
-    path = args.config
+    """--config, else $IRIS_CONFIG (Docker mounts one), else ./config.yaml if present, else defaults."""
+    path = args.config or os.environ.get("IRIS_CONFIG") or None
     if path is None and Path(DEFAULT_CONFIG).is_file():
         path = DEFAULT_CONFIG
     return load_config(path)
@@ -74,17 +75,34 @@ def _bar(p: float, width: int = 20) -> str:
     return "█" * full + "·" * (width - full)
 
 
+def _find_target(args: argparse.Namespace) -> tuple[Path, str]:
+    """`[FOLDER] QUERY`: two words are a folder and a query; one is the query, searched in the current
+    folder (like rclip), unless --image is the query and the word names a folder."""
+    words = list(args.words)
+    if len(words) > 2:
+        raise BadRequest('find takes [FOLDER] QUERY; quote a query of several words: "a blue square"')
+    if len(words) == 2:
+        return Path(words[0]), words[1]
+    if len(words) == 1 and args.image and Path(words[0]).is_dir():
+        return Path(words[0]), ""
+    return Path("."), words[0] if words else ""
+
+
 def cmd_find(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    from iris.images import ImageLimits
+    from iris.images import ImageLimits, load_image
     from iris.index import ImageIndex, index_folder
+    from iris.query import combine, parse_query
 
-    folder = Path(args.folder)
+    folder, query = _find_target(args)
     if not folder.is_dir():
         raise BadRequest(f"not a folder: {folder}")
-    if not args.query.strip():
-        raise BadRequest("the query is empty")
+    terms = parse_query(query)  # the same algebra as /find: "a cat +sunset -text", `:weight` per term
+    if not terms and not args.image:
+        raise BadRequest('the query is empty: give words ("a blue square -red") or --image FILE')
     _check_range("-k", args.k, 1, MAX_FIND_K)
+    limits = ImageLimits(cfg.images.max_bytes, cfg.images.max_pixels)
+    image = load_image(args.image, limits, name=args.image) if args.image else None  # before any model
     engine = _engine(cfg)
     clip = engine.clip
     with ImageIndex(args.index or cfg.index.path) as index:
@@ -94,14 +112,22 @@ def cmd_find(args: argparse.Namespace) -> int:
             folder,
             engine.embed_images,
             clip.name,
-            ImageLimits(cfg.images.max_bytes, cfg.images.max_pixels),
+            limits,
             batch_size=cfg.clip.batch_size,
             progress=lambda n, total: bar(n, total),
         )
         bar(None, None)
-        hits = index.search(engine.embed_text(args.query), [f"folder:{folder.resolve()}"], clip.name, args.k)
+        vectors = [engine.embed_text(t.text) for t in terms]
+        weights = [t.weight for t in terms]
+        if image is not None:
+            vectors.append(engine.embed_images([image])[0])
+            weights.append(1.0)  # as /find weighs its image
+        hits = index.search(combine(vectors, weights), [f"folder:{folder.resolve()}"], clip.name, args.k)
     payload = {
-        "query": args.query,
+        "query": query,
+        "terms": [{"text": t.text, "weight": t.weight} for t in terms],
+        "image": args.image,
+        "folder": str(folder.resolve()),
         "hits": [{"path": h.meta.get("path", h.key), "score": round(h.score, 6)} for h in hits],
         "index": {
             "embedded": report.embedded,
@@ -113,8 +139,8 @@ def cmd_find(args: argparse.Namespace) -> int:
         },
     }
     lines = [
-        f"indexed: {report.embedded} new, {report.reused} known content, {report.unchanged} unchanged, "
-        f"{report.bad} unreadable, {report.removed} removed"
+        f"indexed {folder}: {report.embedded} new, {report.reused} known content, {report.unchanged} "
+        f"unchanged, {report.bad} unreadable, {report.removed} removed"
     ]
     lines += [f"  skipped {p}" for p in report.problems]
     lines += [f"{i:3d}. {h.score:.4f}  {h.meta.get('path', h.key)}" for i, h in enumerate(hits, 1)]
@@ -307,22 +333,44 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """The options every command takes, before or after the command's name.
+
+    The top-level parser sets the defaults; each command's copy defaults to SUPPRESS, so an option given
+    before the command is not overwritten by the command's default."""
+
+    def default(value: Any) -> Any:
+        return value if top else argparse.SUPPRESS
+
+    parser.add_argument(
         "--config",
         metavar="FILE",
-        help=f"config file (default: ./{DEFAULT_CONFIG} if present, else built-in defaults; "
-        "config.toy.yaml runs offline on the shipped toy models)",
+        default=default(None),
+        help=f"config file (default: $IRIS_CONFIG, else ./{DEFAULT_CONFIG} if present, else built-in "
+        "defaults; config.toy.yaml runs offline on the shipped toy models)",
     )
-    common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
-    common.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
-    common.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    parser.add_argument(
+        "--json", action="store_true", default=default(False), help="machine-readable output on stdout"
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=default(0), help="more logging (-vv for debug)"
+    )
+    parser.add_argument(
+        "--debug", action="store_true", default=default(False), help="show tracebacks of unexpected errors"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common, top=False)
 
     p = argparse.ArgumentParser(
-        prog="iris", description="Iris: see and dream with CLIP, offline or on Discord."
+        prog="iris",
+        description="Iris: see and dream with CLIP, offline or on Discord. The options --config, --json, "
+        "-v and --debug go before or after the command.",
     )
     p.add_argument("--version", action="version", version=f"iris {__version__}")
+    _add_common(p, top=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser(
@@ -349,13 +397,22 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser(
         "find",
         parents=[common],
-        help="search a folder of images by text",
-        description="Index a folder (only new or changed files are embedded) and search it.",
+        help="search a folder of images by text or by an image",
+        description="Index a folder (only new or changed files are embedded) and search it. The query "
+        'takes the same terms as /find: "a cat +sunset -text", each with an optional :weight '
+        '("a square -blue:0.5"). FOLDER defaults to the current folder: `iris find "a blue square"`; '
+        "with two words the first is the folder.",
     )
-    f.add_argument("folder", metavar="FOLDER")
-    f.add_argument("query", metavar="QUERY")
+    f.add_argument("words", nargs="*", metavar="[FOLDER] QUERY")
+    f.add_argument(
+        "--image", metavar="FILE", help="search with this image too (alone: images that look like it)"
+    )
     f.add_argument("-k", type=int, default=10, help="number of hits (default: 10)")
-    f.add_argument("--index", metavar="FILE", help="SQLite index file (default: index.path from the config)")
+    f.add_argument(
+        "--index",
+        metavar="FILE",
+        help="SQLite index file (default: index.path from the config, in the data directory)",
+    )
     f.set_defaults(func=cmd_find)
 
     i = sub.add_parser(
