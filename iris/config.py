@@ -148,6 +148,9 @@ class GuildConfig:
     )
     default_labels: list[str] | None = None  # overrides classify.default_labels in this server
     find_excluded: list[Snowflake] = field(default_factory=list)  # channel ids /find never scans or shows
+    banned_prompts: list[str] = field(
+        default_factory=list
+    )  # regexes refused in this server, besides discord.banned_prompts (which apply everywhere)
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,11 @@ class IndexConfig:
 
 
 @dataclass(frozen=True)
+class SettingsConfig:
+    path: str = "iris-settings.sqlite3"  # SQLite file of /settings (user defaults, server settings)
+
+
+@dataclass(frozen=True)
 class Config:
     device: str = "auto"  # "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ...
     precision: str = "auto"  # "auto" (fp16 autocast on cuda, fp32 on cpu), "fp32", "fp16", "bf16"
@@ -188,6 +196,7 @@ class Config:
     discord: DiscordConfig = field(default_factory=DiscordConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    settings: SettingsConfig = field(default_factory=SettingsConfig)
 
     @property
     def cache_dir(self) -> Path:
@@ -277,11 +286,14 @@ def _validate(cfg: Config) -> None:
         if choices and value not in choices:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
     im = cfg.imagine
-    for pattern in cfg.discord.banned_prompts:
+    banned = [("discord.banned_prompts", p) for p in cfg.discord.banned_prompts]
+    for gid, gcfg in cfg.discord.guilds.items():
+        banned += [(f"discord.guilds.{gid}.banned_prompts", p) for p in gcfg.banned_prompts]
+    for where, pattern in banned:
         try:
             re.compile(pattern)
         except re.error as e:
-            raise ConfigError(f"discord.banned_prompts: {pattern!r} is not a valid regex ({e})") from e
+            raise ConfigError(f"{where}: {pattern!r} is not a valid regex ({e})") from e
     if im.steps > im.max_steps or max(im.width, im.height) > im.max_side:
         raise ConfigError("imagine: the default steps/size exceed imagine.max_steps/max_side")
     if not (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith(("cuda", "mps"))):

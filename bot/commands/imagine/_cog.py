@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import re
 from typing import Any
 
 import discord
@@ -21,6 +20,7 @@ from bot.progress import ProgressMessage, Requester, View
 from iris.errors import IrisError
 from iris.images import ImageLimits, check_size, image_name, load_image
 from iris.request import ImagineRequest
+from iris.settings import banned_pattern
 from models.events import Cancelled, Done, Failed, Progress, Queued, Started
 from models.handle import JobHandle
 
@@ -35,7 +35,6 @@ class Imagine(commands.Cog):
         self.bot = bot
         self.tasks: set[asyncio.Task[None]] = set()
         self._resumed = False
-        self._banned = [re.compile(p, re.I) for p in bot.config.discord.banned_prompts]
 
     async def cog_unload(self) -> None:
         for task in self.tasks:
@@ -71,9 +70,15 @@ class Imagine(commands.Cog):
         generator: str | None = None,
     ) -> None:
         self.check_allowed(interaction, prompt)
-        size = self._size(aspect)
+        mine = await self.bot.user_settings(interaction.user.id)  # /settings me: what was not said here
+        size = self._size(aspect or mine.aspect)
         request = self.bot.manager.engine.request(
-            prompt, steps=steps, seed=seed, width=size[0], height=size[1], generator=generator
+            prompt,
+            steps=steps or mine.steps,
+            seed=seed,
+            width=size[0],
+            height=size[1],
+            generator=generator or mine.generator,
         )  # validates: answers privately before deferring
         if init_image is not None:  # so is the init image: an error after deferring would be public
             request = dataclasses.replace(request, init_image=await self._init_image(init_image))
@@ -89,10 +94,10 @@ class Imagine(commands.Cog):
         return data
 
     def check_allowed(self, interaction: discord.Interaction, prompt: str) -> None:
-        for pattern in self._banned:
-            if pattern.search(prompt):
-                raise Refused("Sorry, I can't draw that here. Please try a different prompt.")
-        allowed = self.bot.guild_config(interaction.guild_id).imagine_channels
+        gcfg = self.bot.guild_config(interaction.guild_id)
+        if any(banned_pattern(p).search(prompt) for p in gcfg.banned_prompts):
+            raise Refused("Sorry, I can't draw that here. Please try a different prompt.")
+        allowed = gcfg.imagine_channels
         channel = interaction.channel
         if allowed and channel is not None:
             ids = {str(channel.id), str(getattr(channel, "parent_id", None))}
