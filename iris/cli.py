@@ -33,7 +33,13 @@ def _config(args: argparse.Namespace) -> Config:
     path = args.config or os.environ.get("IRIS_CONFIG") or None
     if path is None and Path(DEFAULT_CONFIG).is_file():
         path = DEFAULT_CONFIG
-    return load_config(path)
+    cfg = load_config(path)
+    if cfg.data_dir_chosen and not cfg.data_path.is_dir():
+        try:  # a named data directory is made on first use (the current folder always exists)
+            cfg.data_path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BadFile(f"cannot make the data directory {cfg.data_path}: {e.strerror or e}") from None
+    return cfg
 
 
 def _engine(cfg: Config) -> Engine:

@@ -12,7 +12,7 @@ import re
 import stat
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -68,7 +68,9 @@ Snowflake = Annotated[str, Pattern(r"[0-9]{15,21}", "a Discord id (digits, in qu
 
 @dataclass(frozen=True)
 class WeightsConfig:
-    cache_dir: str | None = None  # where downloaded weights live; None: $IRIS_CACHE or ~/.cache/iris
+    # where downloaded weights live; None: $IRIS_CACHE, else DATA/cache when a data dir is named, else
+    # ~/.cache/iris; a relative path is inside the data dir
+    cache_dir: str | None = None
     offline: bool = False  # never touch the network; a missing file is an error that says how to get it
 
 
@@ -132,7 +134,7 @@ class ManagerConfig:
     drain_on_close: bool = (
         False  # on shutdown, run queued jobs within the grace (else keep them for next start)
     )
-    journal_path: str = "iris-jobs.sqlite3"  # SQLite journal of generation jobs (survives restarts)
+    journal_path: str = "iris-jobs.sqlite3"  # SQLite journal of jobs (survives restarts); relative: in DATA
     retention_days: Annotated[float, Range(ge=0)] = (
         30.0  # days a finished job (with its pictures and init image) stays in the journal; 0: forever
     )
@@ -175,7 +177,7 @@ class ImagesConfig:
 
 @dataclass(frozen=True)
 class IndexConfig:
-    path: str = "iris-index.sqlite3"  # SQLite file of the image search index (relative: to the cwd)
+    path: str = "iris-index.sqlite3"  # SQLite file of the image search index; relative: in the data dir
 
 
 @dataclass(frozen=True)
@@ -198,12 +200,55 @@ class Config:
     index: IndexConfig = field(default_factory=IndexConfig)
     settings: SettingsConfig = field(default_factory=SettingsConfig)
 
+    # the folder holding all state (journal, index, settings, weights cache, heartbeat); None: $IRIS_DATA,
+    # else the current folder
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        # State files are the sections' `path` and `*_path` fields. A relative one lives in the data
+        # directory, resolved once here so that every reader (the journal, the index, the settings store)
+        # gets the same file whatever its working directory.
+        for section in dataclasses.fields(self):
+            value = getattr(self, section.name)
+            if not dataclasses.is_dataclass(value) or isinstance(value, type):
+                continue
+            moved = {
+                f.name: str(self.state_path(getattr(value, f.name)))
+                for f in dataclasses.fields(value)
+                if (f.name == "path" or f.name.endswith("_path")) and isinstance(getattr(value, f.name), str)
+            }
+            if moved:
+                object.__setattr__(self, section.name, replace(value, **moved))
+
+    @property
+    def data_dir_chosen(self) -> bool:
+        """Whether a data directory was named (config or $IRIS_DATA) rather than the current folder."""
+        return bool(self.data_dir or os.environ.get("IRIS_DATA"))
+
+    @property
+    def data_path(self) -> Path:
+        """The data directory, absolute: `data_dir`, else $IRIS_DATA, else the current folder."""
+        raw = self.data_dir or os.environ.get("IRIS_DATA") or "."
+        return Path(os.path.expanduser(raw)).absolute()
+
+    def state_path(self, path: str | os.PathLike[str]) -> Path:
+        """A state file's path: absolute (or ~) as written, relative inside the data directory."""
+        p = Path(os.path.expanduser(path))
+        return p if p.is_absolute() else self.data_path / p
+
+    @property
+    def heartbeat_path(self) -> Path:
+        """The file `iris run` refreshes and `iris status --local` reads."""
+        return self.data_path / "iris-heartbeat.json"
+
     @property
     def cache_dir(self) -> Path:
         if self.weights.cache_dir:
-            return Path(os.path.expanduser(self.weights.cache_dir))
+            return self.state_path(self.weights.cache_dir)
         if os.environ.get("IRIS_CACHE"):
             return Path(os.environ["IRIS_CACHE"])
+        if self.data_dir_chosen:
+            return self.data_path / "cache"
         xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         return Path(xdg) / "iris"
 
@@ -286,9 +331,11 @@ def _validate(cfg: Config) -> None:
         if choices and value not in choices:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
     im = cfg.imagine
-    banned = [("discord.banned_prompts", p) for p in cfg.discord.banned_prompts]
-    for gid, gcfg in cfg.discord.guilds.items():
-        banned += [(f"discord.guilds.{gid}.banned_prompts", p) for p in gcfg.banned_prompts]
+    banned = [("discord.banned_prompts", p) for p in cfg.discord.banned_prompts] + [
+        (f"discord.guilds.{gid}.banned_prompts", p)
+        for gid, g in cfg.discord.guilds.items()
+        for p in g.banned_prompts
+    ]
     for where, pattern in banned:
         try:
             re.compile(pattern)
