@@ -17,6 +17,7 @@ from iris.errors import BadRequest
 from iris.labels import check_labels
 from iris.request import ImagineRequest
 from models.clip import Clip, Prediction, load_clip
+from models.describe import Describer, Description
 from models.generate import Generation, create_generation
 from models.toy import TOY_VQGAN_CONFIG, TOY_VQGAN_WEIGHTS
 from models.vqgan import VQGAN, load_vqgan
@@ -29,6 +30,7 @@ class Engine:
         self.config = config
         self._clip: Clip | None = None
         self._vqgan: VQGAN | None = None
+        self.describer = Describer(config.cache_dir)  # the vocabulary /describe ranks, embedded per model
 
     @property
     def clip(self) -> Clip:
@@ -87,6 +89,14 @@ class Engine:
         return self.clip.classify(
             images, labels, templates or self.config.classify.templates, top_k or self.config.classify.top_k
         )
+
+    def describe(self, images: Sequence[Image.Image], top_k: int = 5) -> list[Description]:
+        """What each image shows: the best vocabulary phrases with scores, and an /imagine prompt."""
+        return self.describe_features(self.embed_images(images), top_k)
+
+    def describe_features(self, features: np.ndarray, top_k: int = 5) -> list[Description]:
+        """`describe` for (N, D) image embeddings already made."""
+        return self.describer.describe(self.clip, features, top_k)
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         return self.clip.encode_images(images, batch_size=self.config.clip.batch_size)

@@ -32,6 +32,7 @@ from iris.errors import (
 from iris.images import ImageLimits, load_image
 from iris.request import ImagineRequest
 from models.clip import Prediction
+from models.describe import Description
 from models.engine import Engine
 from models.events import Cancelled
 from models.generate import Generation
@@ -153,6 +154,13 @@ class InferenceManager(WorkerThread):
             templates=templates or self.config.classify.templates,
         )
         result: list[Prediction] = await self._submit(job)
+        return result
+
+    async def describe(self, image: Image.Image | bytes, top_k: int = 5) -> Description:
+        """What the image shows (vocabulary phrases with scores, and an /imagine prompt): a short job."""
+        im = await self._decode(image)
+        job = ShortJob("describe", self._new_future(), images=[im], top_k=max(1, min(top_k, 25)))
+        result: Description = await self._submit(job)
         return result
 
     async def embed_images(self, images: Sequence[Image.Image | bytes]) -> np.ndarray:

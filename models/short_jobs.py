@@ -9,17 +9,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from models.clip import Clip, top_predictions
 
 # settle(job, value, error): deliver one job's result, or its error (exactly one of the two is used)
 Settle = Callable[["ShortJob", Any, BaseException | None], None]
+# describe(features, top_k): Descriptions for (N, D) image embeddings
+Describe = Callable[[np.ndarray, int], list[Any]]
 
 
 @dataclass(eq=False)
 class ShortJob:
-    kind: str  # "classify" | "images" | "text" | "model_id"
+    kind: str  # "classify" | "describe" | "images" | "text" | "model_id"
     future: asyncio.Future[Any]  # on the caller's event loop
     images: list[Image.Image] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
@@ -41,10 +44,10 @@ def take_batch(waiting: deque[ShortJob], max_images: int) -> list[ShortJob]:
     return batch
 
 
-def run_batch(clip: Clip, batch: list[ShortJob], settle: Settle) -> None:
+def run_batch(clip: Clip, batch: list[ShortJob], settle: Settle, describe: Describe | None = None) -> None:
     """One image forward pass for every image in `batch`, one text pass for its texts; a job whose own
     part fails (a bad label list) is settled with its error. Raises when the shared pass itself fails."""
-    with_images = [j for j in batch if j.kind in ("classify", "images")]
+    with_images = [j for j in batch if j.kind in ("classify", "describe", "images")]
     if with_images:
         all_images = [im for j in with_images for im in j.images]
         feats = clip.encode_images(all_images, batch_size=max(1, len(all_images)))  # (N, D), one pass
@@ -56,6 +59,10 @@ def run_batch(clip: Clip, batch: list[ShortJob], settle: Settle) -> None:
                 settle(j, own, None)
                 continue
             try:
+                if j.kind == "describe":
+                    assert describe is not None, "describe jobs need a describer"
+                    settle(j, describe(own, j.top_k)[0], None)
+                    continue
                 probs = clip.classify_probs(own, j.labels, j.templates)[0]
                 settle(j, top_predictions(probs, j.labels, j.top_k), None)
             except Exception as e:

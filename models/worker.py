@@ -130,7 +130,7 @@ class WorkerThread:
     def _run_short(self, batch: list[ShortJob]) -> None:
         self.forward_batches += 1
         try:
-            run_batch(self.engine.clip, batch, self._settle_short)
+            run_batch(self.engine.clip, batch, self._settle_short, self.engine.describe_features)
         except Exception as e:
             if len(batch) == 1:
                 self._settle_short(batch[0], None, e)
