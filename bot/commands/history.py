@@ -108,7 +108,8 @@ class History(commands.Cog):
             message = await channel.fetch_message(int(meta["message"]))
         except discord.HTTPException:
             return False  # deleted, or out of reach: no longer public
-        return bool(message.attachments)
+        # The picture itself, not a progress preview left where the final one could not be posted.
+        return any(a.filename.startswith(f"iris-{entry.id}.") for a in message.attachments)
 
 
 async def setup(bot: IrisBot) -> None:

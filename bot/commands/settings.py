@@ -41,7 +41,7 @@ def channel_ids(text: str) -> list[str]:
 def me_embed(mine: UserSettings, bot: IrisBot) -> discord.Embed:
     im = bot.config.imagine
     embed = discord.Embed(title="Your defaults", colour=COLOUR)
-    embed.add_field(name="Steps", value=str(mine.steps or f"{im.steps} (server default)"))
+    embed.add_field(name="Steps", value=str(mine.steps or f"{im.steps} (default)"))
     embed.add_field(name="Aspect", value=mine.aspect or "square (default)")
     embed.add_field(name="Generator", value=mine.generator or f"{im.generator} (default)")
     embed.add_field(
@@ -193,7 +193,12 @@ class SettingsCog(commands.Cog, name="Settings"):
         current = self.bot.guild_config(guild_id)
         changes: dict[str, Any] = {}
         if imagine_channels is not None:
-            changes["imagine_channels"] = channel_ids(imagine_channels)
+            ids = channel_ids(imagine_channels)
+            guild = self.bot.get_guild(guild_id)
+            unknown = [i for i in ids if guild is not None and guild.get_channel_or_thread(int(i)) is None]
+            if unknown:
+                raise BadRequest(f"there is no channel {unknown[0]} on this server")
+            changes["imagine_channels"] = ids
         if queue_cap is not None:
             changes["max_queued_per_user"] = queue_cap
         if default_labels is not None:

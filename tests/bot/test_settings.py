@@ -132,3 +132,19 @@ async def test_find_exclusions_from_settings_reach_find(w, boss):
         assert index.excluded(w.guild.id, channel)
         await answer(w, "settings server", boss, find_include=other)
         assert bot.guild_config(w.guild.id).find_excluded == [] and not index.excluded(w.guild.id, channel)
+
+
+async def test_imagine_channels_set_here_apply_at_once_and_must_exist(w, boss):
+    other = w.fake.add_channel(w.guild, "chat")
+    async with w.bot():
+        unknown = await answer(w, "settings server", boss, imagine_channels="123456789012345678")
+        assert unknown.ephemeral and "no channel 123456789012345678" in unknown.content
+        await answer(w, "settings server", boss, imagine_channels=f"<#{w.channel.id}>")
+        rec = await w.fake.invoke_slash("imagine", user=w.alice, channel=other, prompt="a red circle")
+        refused = await rec.wait_original()
+        assert refused.ephemeral and f"<#{w.channel.id}>" in refused.content
+        await answer(w, "settings server", boss, imagine_channels="all")
+        rec = await w.fake.invoke_slash(
+            "imagine", user=w.alice, channel=other, prompt="a red circle", steps=1
+        )
+        assert not (await rec.wait_original()).ephemeral
