@@ -27,6 +27,7 @@ EXTENSIONS = (
     "bot.commands.help",
     "bot.commands.settings",
     "bot.commands.history",
+    "bot.commands.describe",
 )
 
 
