@@ -8,7 +8,9 @@ import logging
 import os
 import stat
 import sys
+import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +74,34 @@ def cmd_classify(args: argparse.Namespace) -> int:
     for p, preds in zip(args.images, results, strict=True):
         lines.append(p)
         lines += [f"  {r.probability * 100:6.2f}%  {_bar(r.probability)}  {r.label}" for r in preds]
+    _emit(args, payload, "\n".join(lines))
+    return 0
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    """What each image shows: the best phrases of the built-in vocabulary, and an /imagine prompt."""
+    cfg = _config(args)
+    from iris.images import ImageLimits, load_image
+
+    _check_range("--top-k", args.top_k, 1, 25)
+    limits = ImageLimits(cfg.images.max_bytes, cfg.images.max_pixels)
+    images = [load_image(p, limits, name=p) for p in args.images]  # fail before loading any model
+    found = _engine(cfg).describe(images, top_k=args.top_k)
+    payload = [
+        {
+            "image": p,
+            "phrases": [
+                {"phrase": x.text, "category": x.category, "score": round(x.score, 6)} for x in d.phrases
+            ],
+            "prompt": d.prompt,
+        }
+        for p, d in zip(args.images, found, strict=True)
+    ]
+    lines = []
+    for p, d in zip(args.images, found, strict=True):
+        lines.append(p)
+        lines += [f"  {x.score * 100:6.2f}%  {_bar(x.score)}  {x.text} ({x.category})" for x in d.phrases]
+        lines.append(f"  prompt: {d.prompt}")
     _emit(args, payload, "\n".join(lines))
     return 0
 
@@ -366,6 +396,31 @@ def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
     )
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Exit 0 when the bot's last heartbeat is fresh and healthy, else 1 (Docker's "unhealthy")."""
+    if not args.local:
+        raise BadRequest(
+            "iris status --local reads the heartbeat of a bot on this machine; on Discord, use /status"
+        )
+    cfg = _config(args)
+    from iris import heartbeat
+
+    try:
+        beat = heartbeat.read(cfg.heartbeat_path)
+    except BadFile as e:
+        _emit(args, {"healthy": False, "problems": [e.message]}, f"unhealthy: {e.message}")
+        return 1
+    problems = beat.problems()
+    age = time.time() - beat.time
+    payload = {"healthy": not problems, "problems": problems, "age_s": round(age, 1), **asdict(beat)}
+    facts = (
+        f"gateway {'connected' if beat.gateway else 'down'}, worker {'alive' if beat.worker else 'silent'}, "
+        f"{beat.queued} queued, {beat.running} running; last beat {age:.0f} s ago (pid {beat.pid})"
+    )
+    _emit(args, payload, f"unhealthy: {'; '.join(problems)} ({facts})" if problems else f"healthy: {facts}")
+    return 1 if problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _add_common(common, top=False)
@@ -399,6 +454,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="prompt ensemble (default: classify.templates)",
     )
     c.set_defaults(func=cmd_classify)
+
+    de = sub.add_parser(
+        "describe",
+        parents=[common],
+        help="tell what images show, with a prompt to draw them",
+        description="Rank the built-in vocabulary with CLIP: what each image shows, and an /imagine prompt.",
+    )
+    de.add_argument("images", nargs="+", metavar="IMAGE")
+    de.add_argument("--top-k", type=int, default=5, help="phrases shown per image (default: 5)")
+    de.set_defaults(func=cmd_describe)
 
     f = sub.add_parser(
         "find",
@@ -472,6 +537,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--global", dest="global_", action="store_true", help="sync globally")
     s.set_defaults(func=cmd_sync)
+    st = sub.add_parser(
+        "status",
+        parents=[common],
+        help="is the bot on this machine healthy? (exit 0 or 1)",
+        description="Read the heartbeat that `iris run` writes every 30 s into the data directory "
+        "(iris-heartbeat.json): exit 0 when it is fresh and the bot is connected to Discord with a live "
+        "inference worker, else print why and exit 1. Docker's HEALTHCHECK runs it.",
+    )
+    st.add_argument("--local", action="store_true", help="read this machine's heartbeat file (required)")
+    st.set_defaults(func=cmd_status)
     return p
 
 
