@@ -90,7 +90,11 @@ class IrisBot(commands.Bot):
         """A person's /settings defaults (the config's where they set none)."""
         if self.settings is None:
             return UserSettings()
-        return await asyncio.to_thread(self.settings.user, str(user_id))
+        mine = await asyncio.to_thread(self.settings.user, str(user_id))
+        # What the bot's config allows now (it may have changed since they were set).
+        steps = min(mine.steps, self.config.imagine.max_steps) if mine.steps else None
+        generator = mine.generator if mine.generator != "vqgan" or self.manager.engine.has_vqgan else None
+        return dataclasses.replace(mine, steps=steps, generator=generator)
 
     async def close(self) -> None:
         """Stop the manager first, so the last word on every job ("paused") still reaches Discord."""

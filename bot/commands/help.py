@@ -66,6 +66,7 @@ def results_text(bot: IrisBot) -> str:
         [
             f"/imagine: {imagine} that shows the queue and progress; if it cannot be posted there, by DM",
             "/classify, /find: in the channel (/classify only to you if `/settings me private_classify`)",
+            "/show: in the channel, with the picture's buttons",
             "/help, /status, /settings, /history: only to you",
         ]
     )

@@ -3,10 +3,14 @@ kept across restarts, and refused to members without Manage Server."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
+from bot.app import IrisBot
 from models.toy import world
 from tests.bot.conftest import StepGate, png
+from tests.conftest import engine_for
 
 MANAGE_GUILD = 1 << 5  # Discord's "Manage Server" permission bit
 
@@ -148,3 +152,15 @@ async def test_imagine_channels_set_here_apply_at_once_and_must_exist(w, boss):
             "imagine", user=w.alice, channel=other, prompt="a red circle", steps=1
         )
         assert not (await rec.wait_original()).ephemeral
+
+
+async def test_a_default_above_a_lowered_limit_is_held_to_the_new_limit(w):
+    async with w.bot():
+        await answer(w, "settings me", w.alice, steps=300)
+    cfg = w.config()
+    lowered = dataclasses.replace(cfg, imagine=dataclasses.replace(cfg.imagine, max_steps=20))
+    bot = IrisBot(lowered, engine_for(lowered, w.shared), guild_ready_timeout=0.1)
+    async with w.fake.run_bot(bot):
+        bot.manager.step_hook = StepGate()
+        await w.fake.invoke_slash("imagine", user=w.alice, channel=w.channel, prompt="a red circle")
+        assert await queued_steps(w, bot, w.alice) == 20  # not a refusal for a value typed long ago
