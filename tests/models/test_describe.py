@@ -67,3 +67,23 @@ async def test_describe_runs_as_a_short_job_on_the_manager(toy_engine, tmp_path)
         got = await manager.describe(world.make_image("green", "triangle", seed=11), top_k=4)
     assert got.phrases[0].text == "a green triangle" and len(got.phrases) == 4
     assert isinstance(got.phrases[0].score, float) and np.isfinite(got.phrases[0].score)
+
+
+def test_iris_describe_on_the_command_line(capsys, tmp_path):
+    import json
+
+    from iris.cli import main
+    from models.toy import world
+
+    path = tmp_path / "shape.png"
+    world.make_image("yellow", "circle", seed=3).save(path)
+    data = yaml.safe_load(Path("config.toy.yaml").read_text())
+    data["weights"] = {"cache_dir": str(tmp_path / "cache")}
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    assert main(["describe", str(path), "--top-k", "2", "--json", "--config", str(cfg)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result[0]["phrases"][0]["phrase"] == "a yellow circle" and len(result[0]["phrases"]) == 2
+    assert result[0]["prompt"].startswith("a yellow circle")
+    assert main(["describe", str(tmp_path / "missing.png"), "--config", str(cfg)]) != 0
+    assert "Traceback" not in capsys.readouterr().err
