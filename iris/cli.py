@@ -106,34 +106,6 @@ def cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_describe(args: argparse.Namespace) -> int:
-    """What each image shows: the best phrases of the built-in vocabulary, and an /imagine prompt."""
-    cfg = _config(args)
-    from iris.images import ImageLimits, load_image
-
-    _check_range("--top-k", args.top_k, 1, 25)
-    limits = ImageLimits(cfg.images.max_bytes, cfg.images.max_pixels)
-    images = [load_image(p, limits, name=p) for p in args.images]  # fail before loading any model
-    found = _engine(cfg).describe(images, top_k=args.top_k)
-    payload = [
-        {
-            "image": p,
-            "phrases": [
-                {"phrase": x.text, "category": x.category, "score": round(x.score, 6)} for x in d.phrases
-            ],
-            "prompt": d.prompt,
-        }
-        for p, d in zip(args.images, found, strict=True)
-    ]
-    lines = []
-    for p, d in zip(args.images, found, strict=True):
-        lines.append(p)
-        lines += [f"  {x.score * 100:6.2f}%  {_bar(x.score)}  {x.text} ({x.category})" for x in d.phrases]
-        lines.append(f"  prompt: {d.prompt}")
-    _emit(args, payload, "\n".join(lines))
-    return 0
-
-
 def _bar(p: float, width: int = 20) -> str:
     full = round(p * width)
     return "█" * full + "·" * (width - full)
@@ -482,16 +454,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="prompt ensemble (default: classify.templates)",
     )
     c.set_defaults(func=cmd_classify)
-
-    de = sub.add_parser(
-        "describe",
-        parents=[common],
-        help="tell what images show, with a prompt to draw them",
-        description="Rank the built-in vocabulary with CLIP: what each image shows, and an /imagine prompt.",
-    )
-    de.add_argument("images", nargs="+", metavar="IMAGE")
-    de.add_argument("--top-k", type=int, default=5, help="phrases shown per image (default: 5)")
-    de.set_defaults(func=cmd_describe)
 
     de = sub.add_parser(
         "describe",
