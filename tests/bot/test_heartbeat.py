@@ -47,11 +47,9 @@ async def status(data: Path) -> tuple[int, dict]:
     return proc.returncode, json.loads(out)
 
 
-async def test_status_follows_a_running_bot(w, monkeypatch):
-    data = w.tmp / "data"
-    data.mkdir()
-    monkeypatch.setenv("IRIS_DATA", str(data))
+async def test_status_follows_a_running_bot(w):
     cfg = w.config()
+    data = cfg.data_path  # the test's folder; `iris status` is pointed at it with IRIS_DATA
     assert cfg.heartbeat_path == data / "iris-heartbeat.json"
     bot = IrisBot(cfg, engine_for(cfg, w.shared), guild_ready_timeout=0.1)
 
