@@ -116,6 +116,9 @@ class ImagineConfig:
     max_steps: Positive = 1000  # upper bound a request may ask for
     max_side: Annotated[int, Range(ge=16)] = 512  # px, upper bound for width and height
     max_prompt_chars: Positive = 500  # longer prompts are refused
+    # Upscale's super-resolution model: a preset (RealESRGAN_x2plus, fetched by `iris download`) or a local
+    # .pth/.safetensors file of an ESRGAN-family model; None (or not installed): Lanczos, labelled so.
+    upscaler: str | None = None
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ class ImagineRequest:
     lr: float = 0.1  # Adam learning rate
     generator: str = "vqgan"  # "vqgan" or "pixels"
     init_image: bytes | None = None  # encoded image file to start from (PNG/JPEG/...)
+    count: int = 1  # pictures: 1, or 4 (four-up: seeds seed..seed+3, one job, posted as one 2×2 grid)
 
     def validated(self, max_steps: int, max_side: int, max_prompt_chars: int) -> ImagineRequest:
         """Check limits; returns self so it chains. Raises BadRequest with a message fit for users."""
@@ -36,6 +37,8 @@ class ImagineRequest:
             raise BadRequest(f"the learning rate must be in (0, 10], got {self.lr}")
         if self.generator not in ("vqgan", "pixels"):
             raise BadRequest(f"generator must be vqgan or pixels, got {self.generator!r}")
+        if self.count not in (1, 4):
+            raise BadRequest(f"count must be 1 or 4, got {self.count}")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise BadRequest("the seed must be a whole number between 0 and 2^63 - 1")
         return self

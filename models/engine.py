@@ -13,13 +13,15 @@ import numpy as np
 from PIL import Image
 
 from iris.config import Config
-from iris.errors import BadRequest
+from iris.errors import BadRequest, IrisError
 from iris.labels import check_labels
 from iris.request import ImagineRequest
 from models.clip import Clip, Prediction, load_clip
 from models.describe import Describer, Description
 from models.generate import Generation, create_generation
+from models.group import GroupGeneration
 from models.toy import TOY_VQGAN_CONFIG, TOY_VQGAN_WEIGHTS
+from models.upscale import SuperResolution, Upscaled, load_upscaler, upscale
 from models.vqgan import VQGAN, load_vqgan
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,8 @@ class Engine:
         self.config = config
         self._clip: Clip | None = None
         self._vqgan: VQGAN | None = None
+        self._upscaler: SuperResolution | None = None
+        self._upscaler_tried = False  # a missing or broken model is reported once, then Lanczos serves
         self.describer = Describer(config.cache_dir)  # the vocabulary /describe ranks, embedded per model
 
     @property
@@ -73,6 +77,29 @@ class Engine:
                 trust = True  # fetched from the preset's official address into our own cache
             self._vqgan = load_vqgan(cfg_path, ckpt, device=self.clip.device, trust_pickle=trust)
         return self._vqgan
+
+    @property
+    def upscaler(self) -> SuperResolution | None:
+        """The configured super-resolution model, or None (none configured, or it cannot be loaded)."""
+        name = self.config.imagine.upscaler
+        if self._upscaler is None and name and not self._upscaler_tried:
+            self._upscaler_tried = True
+            from models.weights import UPSCALER_PRESETS, upscaler_path
+
+            try:
+                path = (
+                    upscaler_path(name, self.config.cache_dir, offline=self.config.weights.offline)
+                    if name in UPSCALER_PRESETS
+                    else Path(name)
+                )
+                self._upscaler = load_upscaler(path, self.clip.device)
+            except IrisError as e:
+                log.warning("Upscale falls back to Lanczos: %s", e.message)
+        return self._upscaler
+
+    def upscale(self, image: Image.Image) -> Upscaled:
+        """`image` at twice its side: by the super-resolution model if there is one, else Lanczos."""
+        return upscale(image, self.upscaler)
 
     def check_labels(self, labels: Sequence[str]) -> list[str]:
         c = self.config.classify
@@ -122,6 +149,9 @@ class Engine:
         req = ImagineRequest(**fields)  # type: ignore[arg-type]
         return req.validated(im.max_steps, im.max_side, im.max_prompt_chars)
 
-    def new_generation(self, request: ImagineRequest) -> Generation:
+    def new_generation(self, request: ImagineRequest) -> Generation | GroupGeneration:
+        """One generation, or a group of `request.count` run one after the other as one job."""
         vqgan = self.vqgan if request.generator == "vqgan" else None
+        if request.count > 1:
+            return GroupGeneration(lambda r: create_generation(self.clip, vqgan, r), request)
         return create_generation(self.clip, vqgan, request)

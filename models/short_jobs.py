@@ -22,13 +22,14 @@ Describe = Callable[[np.ndarray, int], list[Any]]
 
 @dataclass(eq=False)
 class ShortJob:
-    kind: str  # "classify" | "describe" | "images" | "text" | "model_id"
+    kind: str  # "classify" | "describe" | "images" | "text" | "model_id" | "call"
     future: asyncio.Future[Any]  # on the caller's event loop
     images: list[Image.Image] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     top_k: int = 5
     templates: str = "openai"
     text: str = ""
+    run: Callable[[], Any] | None = None  # kind "call": any work for the device's thread (upscale)
 
 
 def take_batch(waiting: deque[ShortJob], max_images: int) -> list[ShortJob]:
@@ -75,3 +76,8 @@ def run_batch(clip: Clip, batch: list[ShortJob], settle: Settle, describe: Descr
     for j in batch:
         if j.kind == "model_id":
             settle(j, clip.name, None)
+        elif j.kind == "call" and j.run is not None:
+            try:
+                settle(j, j.run(), None)
+            except Exception as e:
+                settle(j, None, e)

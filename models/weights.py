@@ -94,6 +94,39 @@ VQGAN_PRESETS: dict[str, VQGANPreset] = {
 DEFAULT_VQGAN = "vqgan_imagenet_f16_16384"
 
 
+@dataclass(frozen=True)
+class UpscalerPreset:
+    name: str  # the name users type (imagine.upscaler), also the cache file's stem
+    url: str  # the weights file (.pth)
+    approx_bytes: int  # for messages only, never checked
+    sha256: str | None  # None: not published, so not checked
+
+
+UPSCALER_PRESETS: dict[str, UpscalerPreset] = {
+    p.name: p
+    for p in (
+        # Real-ESRGAN ×2 (RRDBNet, BSD-3-Clause), from the authors' GitHub release.
+        UpscalerPreset(
+            "RealESRGAN_x2plus",
+            "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.2.1/RealESRGAN_x2plus.pth",
+            67_000_000,
+            None,
+        ),
+    )
+}
+
+
+def upscaler_path(name: str, cache_dir: Path, *, download: bool = True, offline: bool = False) -> Path:
+    """`cache_dir/upscale/NAME.pth` of an upscaler preset, fetched when missing if `download`."""
+    if name not in UPSCALER_PRESETS:
+        raise BadRequest(f"Unknown upscaler preset {name!r}. Known: {', '.join(UPSCALER_PRESETS)}.")
+    preset = UPSCALER_PRESETS[name]
+    path = cache_dir / "upscale" / f"{preset.name}.pth"
+    if download:
+        fetch(preset.url, path, sha256=preset.sha256, offline=offline, name=preset.name, cache_dir=cache_dir)
+    return path
+
+
 def default_cache_dir() -> Path:
     """`$IRIS_CACHE`, else `$XDG_CACHE_HOME/iris`, else `~/.cache/iris`."""
     if explicit := os.environ.get("IRIS_CACHE"):
@@ -375,14 +408,18 @@ def download(names: list[str], cache_dir: Path, *, offline: bool = False) -> lis
     Every name is checked before anything is downloaded, so a typo fails at once.
     """
     names = list(dict.fromkeys(names or [DEFAULT_CLIP, DEFAULT_VQGAN]))
-    unknown = [n for n in names if n not in CLIP_PRESETS and n not in VQGAN_PRESETS]
+    unknown = [
+        n for n in names if n not in CLIP_PRESETS and n not in VQGAN_PRESETS and n not in UPSCALER_PRESETS
+    ]
     if unknown:
-        known = ", ".join([*CLIP_PRESETS, *VQGAN_PRESETS])
+        known = ", ".join([*CLIP_PRESETS, *VQGAN_PRESETS, *UPSCALER_PRESETS])
         raise BadRequest(f"Unknown model preset(s): {', '.join(unknown)}. Known: {known}.")
     paths: list[Path] = []
     for name in names:
         if name in CLIP_PRESETS:
             paths.append(download_clip(name, cache_dir, offline=offline))
+        elif name in UPSCALER_PRESETS:
+            paths.append(upscaler_path(name, cache_dir, offline=offline))
         else:
             paths.extend(vqgan_paths(name, cache_dir, offline=offline))
     return paths

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import discord
 from discord import app_commands
@@ -54,6 +54,7 @@ class Imagine(commands.Cog):
         aspect="picture shape",
         init_image="start from this picture instead of noise",
         generator="vqgan (default) or pixels",
+        count="4: four variations (different seeds) in one 2×2 grid, with U1–U4 and V1–V4 buttons",
     )
     @app_commands.choices(
         aspect=[app_commands.Choice(name=n, value=n) for n in ("square", "landscape", "portrait")],
@@ -68,6 +69,7 @@ class Imagine(commands.Cog):
         aspect: str | None = None,
         init_image: discord.Attachment | None = None,
         generator: str | None = None,
+        count: Literal[1, 4] | None = None,
     ) -> None:
         self.check_allowed(interaction, prompt)
         mine = await self.bot.user_settings(interaction.user.id)  # /settings me: what was not said here
@@ -79,6 +81,7 @@ class Imagine(commands.Cog):
             width=size[0],
             height=size[1],
             generator=generator or mine.generator,
+            count=count,
         )  # validates: answers privately before deferring
         if init_image is not None:  # so is the init image: an error after deferring would be public
             request = dataclasses.replace(request, init_image=await self._init_image(init_image))
@@ -233,7 +236,7 @@ class Imagine(commands.Cog):
                 )
             elif isinstance(ev, Done):
                 shown = result_embed(prompt, ev.seed, ev.steps, ev.clip_score, ev.reduced)
-                await self.deliver(jid, progress, final_view(jid, shown, ev.png()))
+                await self.deliver(jid, progress, final_view(jid, shown, ev.png(), handle.request.count))
             elif isinstance(ev, Failed):
                 # The reason goes to the requester only: an error is never public.
                 await progress.finish(

@@ -70,7 +70,7 @@ async def _redeliver(cog: Imagine, entry: JournalEntry) -> None:
     if progress is None:  # the channel is gone: the picture goes by DM
         progress = ProgressMessage(None, None, 1, 1.0, requester=cog.requester(int(entry.owner)))
     shown = result_embed(entry.request.prompt, entry.seed, entry.step, entry.clip_score, entry.reduced)
-    await cog.deliver(entry.id, progress, final_view(entry.id, shown, entry.result_png))
+    await cog.deliver(entry.id, progress, final_view(entry.id, shown, entry.result_png, entry.request.count))
 
 
 async def _resume(cog: Imagine, entry: JournalEntry) -> None:
