@@ -68,3 +68,45 @@ async def test_a_count_other_than_1_or_4_is_refused_privately(w):
         rec = await w.fake.invoke_slash("imagine", user=w.alice, channel=w.channel, prompt="x", count=3)
         await rec.wait_response()
         assert rec.ephemeral
+
+
+async def test_upscale_button_lanczos_fallback_is_labelled_and_doubles_the_side(w):
+    async with w.bot():
+        rec = await w.fake.invoke_slash("imagine", user=w.alice, channel=w.channel, prompt="a blue square")
+        final = await final_of(w.fake, rec, timeout=60)
+        assert "Upscale" in buttons_of(final)
+        up = await w.fake.click(final, "Upscale", user=w.bob)
+        msg = (await up.wait_followups(1, timeout=30))[-1]
+        fields = {f["name"]: f["value"] for f in msg.embeds[0]["fields"]}
+        assert fields["Method"] == "upscaled with Lanczos (no super-resolution model installed)"
+        big = Image.open(io.BytesIO(msg.attachments[0].data))
+        assert big.size == (128, 128) and msg.embeds[0]["title"] == "Upscaled to 128×128"
+
+
+async def test_upscale_of_a_grid_picture_with_an_esrgan_network(w, tmp_path):
+    import dataclasses
+
+    import torch
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    from bot.app import IrisBot
+    from tests.conftest import engine_for
+
+    torch.manual_seed(0)
+    weights = tmp_path / "tiny-esrgan-x2.pth"
+    torch.save(ESRGAN(num_filters=8, num_blocks=1, scale=2).state_dict(), weights)  # random, tiny
+    cfg = w.config()
+    cfg = dataclasses.replace(cfg, imagine=dataclasses.replace(cfg.imagine, upscaler=str(weights)))
+    bot = IrisBot(cfg, engine_for(cfg, w.shared), guild_ready_timeout=0.1)
+    async with w.fake.run_bot(bot):
+        rec = await w.fake.invoke_slash(
+            "imagine", user=w.alice, channel=w.channel, prompt="a red circle", count=4, steps=2
+        )
+        final = await final_of(w.fake, rec, timeout=60)
+        u4 = await w.fake.click(final, "U4", user=w.alice)
+        alone = (await u4.wait_followups(1, timeout=30))[-1]
+        up = await w.fake.click(alone, "Upscale", user=w.alice)
+        msg = (await up.wait_followups(1, timeout=30))[-1]
+        fields = {f["name"]: f["value"] for f in msg.embeds[0]["fields"]}
+        assert "ESRGAN ×2" in fields["Method"] and "Lanczos" not in fields["Method"]
+        assert Image.open(io.BytesIO(msg.attachments[0].data)).size == (128, 128)
