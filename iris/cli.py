@@ -334,8 +334,15 @@ def cmd_download(args: argparse.Namespace) -> int:
     if args.list:
         lines = ["CLIP presets:"] + [f"  {n}" for n in weights.CLIP_PRESETS]
         lines += ["VQGAN presets:"] + [f"  {n}" for n in weights.VQGAN_PRESETS]
+        lines += ["Upscaler presets:"] + [f"  {n}" for n in weights.UPSCALER_PRESETS]
         _emit(
-            args, {"clip": list(weights.CLIP_PRESETS), "vqgan": list(weights.VQGAN_PRESETS)}, "\n".join(lines)
+            args,
+            {
+                "clip": list(weights.CLIP_PRESETS),
+                "vqgan": list(weights.VQGAN_PRESETS),
+                "upscaler": list(weights.UPSCALER_PRESETS),
+            },
+            "\n".join(lines),
         )
         return 0
     paths = weights.download(list(args.names), cfg.cache_dir, offline=cfg.weights.offline)
