@@ -180,3 +180,15 @@ def test_dockerignore_keeps_out_environments_caches_state_and_secrets():
     ]:
         assert not ignored(path), path
     assert (ROOT / "models/toy/iris-toy-clip.safetensors").is_file()
+
+
+def test_the_installed_package_has_every_data_file_the_code_reads():
+    """The image installs the project with `pip install .`, which copies only declared package data: a
+    data file left out works from a clone and fails in the container."""
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    shipped = subprocess.run(
+        ["git", "ls-files", "iris", "models", "bot"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for name in (Path(f) for f in shipped if not f.endswith(".py")):
+        patterns = data.get(".".join(name.parent.parts), [])
+        assert any(name.match(p) for p in patterns), f"{name} is not in pyproject's package-data"
