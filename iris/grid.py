@@ -13,6 +13,13 @@ from PIL import Image
 
 from iris.errors import BadRequest
 
+SEED_BOUND = 2**63  # seeds are 0 ≤ seed < 2^63 (ImagineRequest.validated)
+
+
+def picture_seed(seed: int, index: int) -> int:
+    """The seed of picture `index` (1-based) of a group started with `seed`: seed, seed + 1, ..."""
+    return (seed + index - 1) % SEED_BOUND
+
 
 def grid_shape(count: int) -> tuple[int, int]:
     """(columns, rows) for `count` pictures: 4 → 2×2."""

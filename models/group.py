@@ -14,11 +14,9 @@ from collections.abc import Callable
 
 from PIL import Image
 
-from iris.grid import make_grid
+from iris.grid import make_grid, picture_seed
 from iris.request import ImagineRequest
 from models.generate import Generation, ImagineResult, StepInfo
-
-SEED_BOUND = 2**63  # seeds are 0 ≤ seed < 2^63 (ImagineRequest.validated)
 
 
 class GroupGeneration:
@@ -34,7 +32,7 @@ class GroupGeneration:
         self._current = self._next()
 
     def _next(self) -> Generation:
-        seed = (self.seed + len(self.results)) % SEED_BOUND
+        seed = picture_seed(self.seed, len(self.results) + 1)
         return self._make(dataclasses.replace(self.request, seed=seed, count=1))
 
     @property

@@ -17,15 +17,13 @@ from PIL import Image
 
 from bot.delivery import retrying
 from bot.errors import Refused, reply_error
-from iris.grid import cell
+from iris.grid import cell, picture_seed
 from models.journal import JournalEntry
 
 from ._views import job_embed
 
 if TYPE_CHECKING:
     from ._cog import Imagine
-
-SEED_BOUND = 2**63
 
 
 class PictureButton(
@@ -86,10 +84,6 @@ def picture_png(entry: JournalEntry, index: int) -> bytes:
     return buf.getvalue()
 
 
-def picture_seed(entry: JournalEntry, index: int) -> int | None:
-    return None if entry.seed is None else (entry.seed + max(0, index - 1)) % SEED_BOUND
-
-
 async def on_pick(cog: Imagine, interaction: discord.Interaction, job_id: str, index: int) -> None:
     """U: picture `index` alone at full size, with its own Upscale and Variations buttons."""
     entry = cog._entry(job_id)
@@ -99,7 +93,7 @@ async def on_pick(cog: Imagine, interaction: discord.Interaction, job_id: str, i
         entry.request.prompt[:256],
         "",
         picture=f"{index} of {entry.request.count}",
-        seed=str(picture_seed(entry, index)),
+        seed=str(None if entry.seed is None else picture_seed(entry.seed, index)),
     )
     name = f"iris-{job_id}-{index}.png"
     embed.set_image(url=f"attachment://{name}")
