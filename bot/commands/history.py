@@ -83,7 +83,7 @@ class History(commands.Cog):
             imagine.check_allowed(interaction, entry.request.prompt)
         seed = entry.seed if entry.seed is not None else entry.request.seed
         embed = result_embed(entry.request.prompt, seed, entry.request.steps, entry.clip_score, entry.reduced)
-        view = final_view(entry.id, embed, entry.result_png)
+        view = final_view(entry.id, embed, entry.result_png, entry.request.count)  # a grid keeps U/V
         assert view.image is not None and view.embed is not None and view.view is not None
         limit = getattr(interaction, "attachment_size_limit", None) or 8 * 2**20
         data, name = fit_image(view.image, limit, view.filename)

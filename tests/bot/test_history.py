@@ -87,3 +87,16 @@ async def test_show_of_an_unknown_or_unfinished_job_says_so_privately(w):
         bot.manager.step_hook.allow()
         shown = [m for m in w.fake.channel_messages(w.channel) if not m.ephemeral and is_final(m)]
         assert shown == []
+
+
+async def test_show_of_a_four_up_job_keeps_its_grid_buttons(w):
+    async with w.bot():
+        rec = await w.fake.invoke_slash(
+            "imagine", user=w.alice, channel=w.channel, prompt="a red circle", steps=1, count=4
+        )
+        final = await final_of(w.fake, rec, timeout=60)
+        job = final.find_component("U1")["custom_id"].rsplit(":", 1)[1]
+        again = await reply_to(w, "show", w.alice, job=job)
+        labels = [c.get("label") for c in again.walk_components() if c.get("type") == 2]
+        assert labels == ["U1", "U2", "U3", "U4", "V1", "V2", "V3", "V4"]
+        assert again.attachments[0].data == final.attachments[0].data
