@@ -42,7 +42,21 @@ CATALOG: dict[discord.Locale, dict[str, str]] = {
         "Post one of your past pictures again, with its buttons": (
             "Reposter une de vos images passées, avec ses boutons"
         ),
+        "Tell what an image shows, and a prompt to draw it": (
+            "Dire ce que montre une image, et une consigne pour la dessiner"
+        ),
         # options
+        'what to draw; weighted parts with "|": "a watercolor fox:1 | blurry:-0.5"': (
+            'quoi dessiner ; parties pondérées avec « | » : "a watercolor fox:1 | blurry:-0.5"'
+        ),
+        "4: four variations (different seeds) in one 2×2 grid, with U1–U4 and V1–V4 buttons": (
+            "4 : quatre variantes (graines différentes) dans une grille 2×2, avec les boutons U1–U4 et V1–V4"
+        ),
+        "the image to describe": "l'image à décrire",
+        "how many phrases to show": "combien de phrases afficher",
+        "show the answer to everyone (default: only you)": (
+            "montrer la réponse à tous (par défaut : à vous seul)"
+        ),
         "the image to classify": "l'image à classer",
         "how many labels to show": "combien d'étiquettes afficher",
         "optimisation steps (more: slower, more detailed)": (
