@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 from typing import Any
 
@@ -9,13 +11,24 @@ import discord
 from discord.ext import commands
 
 from bot.errors import on_tree_error
+from bot.i18n import Translator
 from iris.config import Config, GuildConfig
+from iris.settings import Settings, SqliteSettings, UserSettings
 from models.engine import Engine
 from models.manager import InferenceManager
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("bot.commands.classify", "bot.commands.imagine", "bot.commands.status", "bot.find")
+EXTENSIONS = (
+    "bot.commands.classify",
+    "bot.commands.imagine",
+    "bot.commands.status",
+    "bot.find",
+    "bot.commands.help",
+    "bot.commands.settings",
+    "bot.commands.history",
+    "bot.commands.describe",
+)
 
 
 # Iris never joins voice: no warnings about missing voice libraries.
@@ -42,11 +55,14 @@ class IrisBot(commands.Bot):
         self.manager = InferenceManager(config, engine)
         self.sync_global = sync_global
         self.serve = serve
+        self.settings: Settings | None = None  # /settings; opened by setup_hook when serving
 
     async def setup_hook(self) -> None:
         if self.serve:
+            self.settings = await asyncio.to_thread(_open_settings, self.config.settings.path)
             await self.manager.start()
         self.tree.on_error = on_tree_error  # type: ignore[method-assign]
+        await self.tree.set_translator(Translator())
         for ext in EXTENSIONS:
             await self.load_extension(ext)
         await self.sync_commands()
@@ -62,7 +78,23 @@ class IrisBot(commands.Bot):
             log.info("synced %d commands to server %s", len(synced), gid)
 
     def guild_config(self, guild_id: int | None) -> GuildConfig:
-        return self.config.discord.guilds.get(str(guild_id), GuildConfig()) if guild_id else GuildConfig()
+        """The settings in force in a server (the one place they are read): config.yaml's, each replaced
+        by what the server stored with /settings; `banned_prompts` also holds discord.banned_prompts."""
+        base = self.config.discord.guilds.get(str(guild_id), GuildConfig()) if guild_id else GuildConfig()
+        stored = self.settings.guild(str(guild_id)) if guild_id and self.settings else {}
+        merged = dataclasses.replace(base, **stored)
+        banned = list(dict.fromkeys([*self.config.discord.banned_prompts, *merged.banned_prompts]))
+        return dataclasses.replace(merged, banned_prompts=banned)
+
+    async def user_settings(self, user_id: int) -> UserSettings:
+        """A person's /settings defaults (the config's where they set none)."""
+        if self.settings is None:
+            return UserSettings()
+        mine = await asyncio.to_thread(self.settings.user, str(user_id))
+        # What the bot's config allows now (it may have changed since they were set).
+        steps = min(mine.steps, self.config.imagine.max_steps) if mine.steps else None
+        generator = mine.generator if mine.generator != "vqgan" or self.manager.engine.has_vqgan else None
+        return dataclasses.replace(mine, steps=steps, generator=generator)
 
     async def close(self) -> None:
         """Stop the manager first, so the last word on every job ("paused") still reaches Discord."""
@@ -72,4 +104,13 @@ class IrisBot(commands.Bot):
             if imagine is not None:
                 await imagine.drain(timeout=5.0)  # type: ignore[attr-defined]
         finally:
+            settings, self.settings = self.settings, None
+            if settings is not None:
+                await asyncio.to_thread(settings.close)
             await super().close()
+
+
+def _open_settings(path: str) -> Settings:
+    settings = Settings(SqliteSettings(path))
+    settings.load()
+    return settings

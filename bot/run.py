@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 import discord
 
+from iris import heartbeat
 from iris.config import Config
 from iris.errors import IrisError
 
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 # `docker stop` sends SIGTERM, then SIGKILL after 10 s: the graceful close (the manager's grace, then
 # the "Paused" messages) must end well inside that.
 STOP_TIMEOUT_S = 8.0
+PROBE_TIMEOUT_S = 20.0  # seconds the inference worker has to answer a heartbeat's probe
 
 
 class StartupError(IrisError):
@@ -67,9 +69,41 @@ async def run_bot(config: Config, token: str, sync_global: bool = False) -> None
         ) from e
 
 
-async def serve(bot: IrisBot, token: str) -> None:
-    """Run `bot` until it is closed; SIGTERM and SIGINT start a bounded graceful shutdown."""
+async def beat(bot: IrisBot, state: str = "running") -> None:
+    """Write one heartbeat: the gateway, a probe of the inference worker, the queue."""
+    worker = False
+    if state == "running":
+        try:  # a short job runs between two slices of a generation: a live worker answers in seconds
+            await asyncio.wait_for(bot.manager.model_id(), PROBE_TIMEOUT_S)
+            worker = True
+        except Exception as e:
+            log.warning("heartbeat: the inference worker did not answer (%s)", type(e).__name__)
+    st = bot.manager.status()
+    now = heartbeat.Heartbeat(
+        gateway=bot.is_ready() and not bot.is_closed(),
+        worker=worker,
+        queued=st.queue_length,
+        running=1 if st.running else 0,
+        state=state,
+    )
+    await asyncio.to_thread(heartbeat.write, bot.config.heartbeat_path, now)
+
+
+async def _heartbeats(bot: IrisBot, every: float) -> None:
+    while True:
+        try:
+            await beat(bot)
+        except OSError as e:  # a full or read-only disk: the next beat may work, and health shows it
+            log.warning("cannot write the heartbeat %s: %s", bot.config.heartbeat_path, e)
+        await asyncio.sleep(every)
+
+
+async def serve(bot: IrisBot, token: str, heartbeat_every: float = heartbeat.HEARTBEAT_EVERY_S) -> None:
+    """Run `bot` until it is closed; SIGTERM and SIGINT start a bounded graceful shutdown. A heartbeat
+    file in the data directory is rewritten every `heartbeat_every` s for `iris status --local`."""
     loop = asyncio.get_running_loop()
+    beats = asyncio.create_task(_heartbeats(bot, heartbeat_every), name="iris-heartbeat")
+    beats.add_done_callback(_log_failure)
     stopping: list[asyncio.Task[None]] = []  # a reference, so the shutdown task is not collected
 
     def on_signal(signum: int) -> None:
@@ -93,6 +127,17 @@ async def serve(bot: IrisBot, token: str) -> None:
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)
+        beats.cancel()
+        await asyncio.gather(beats, return_exceptions=True)
+        try:
+            await beat(bot, "stopped")
+        except OSError as e:
+            log.warning("cannot write the heartbeat %s: %s", bot.config.heartbeat_path, e)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the heartbeat stopped", exc_info=task.exception())
 
 
 async def shutdown(bot: IrisBot, timeout: float = STOP_TIMEOUT_S) -> None:

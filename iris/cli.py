@@ -9,7 +9,9 @@ import logging
 import os
 import stat
 import sys
+import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,10 +33,16 @@ MAX_LR = 10.0  # as ImagineRequest.validated allows
 
 
 def _config(args: argparse.Namespace) -> Config:
-    path = args.config
+    """--config, else $IRIS_CONFIG (Docker mounts one), else ./config.yaml if present, else defaults."""
+    path = args.config or os.environ.get("IRIS_CONFIG") or None
     if path is None and Path(DEFAULT_CONFIG).is_file():
         path = DEFAULT_CONFIG
     cfg = load_config(path)
+    if cfg.data_dir_chosen and not cfg.data_path.is_dir():
+        try:  # a named data directory is made on first use (the current folder always exists)
+            cfg.data_path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BadFile(f"cannot make the data directory {cfg.data_path}: {e.strerror or e}") from None
     from models.weights import set_hub_offline  # no torch here: only the environment is set
 
     set_hub_offline(cfg.weights.offline)  # before anything imports huggingface_hub, which reads it once
@@ -75,22 +83,67 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_describe(args: argparse.Namespace) -> int:
+    """What each image shows: the best phrases of the built-in vocabulary, and an /imagine prompt."""
+    cfg = _config(args)
+    from iris.images import ImageLimits, load_image
+
+    _check_range("--top-k", args.top_k, 1, 25)
+    limits = ImageLimits(cfg.images.max_bytes, cfg.images.max_pixels)
+    images = [load_image(p, limits, name=p) for p in args.images]  # fail before loading any model
+    found = _engine(cfg).describe(images, top_k=args.top_k)
+    payload = [
+        {
+            "image": p,
+            "phrases": [
+                {"phrase": x.text, "category": x.category, "score": round(x.score, 6)} for x in d.phrases
+            ],
+            "prompt": d.prompt,
+        }
+        for p, d in zip(args.images, found, strict=True)
+    ]
+    lines = []
+    for p, d in zip(args.images, found, strict=True):
+        lines.append(p)
+        lines += [f"  {x.score * 100:6.2f}%  {_bar(x.score)}  {x.text} ({x.category})" for x in d.phrases]
+        lines.append(f"  prompt: {d.prompt}")
+    _emit(args, payload, "\n".join(lines))
+    return 0
+
+
 def _bar(p: float, width: int = 20) -> str:
     full = round(p * width)
     return "█" * full + "·" * (width - full)
 
 
+def _find_target(args: argparse.Namespace) -> tuple[Path, str]:
+    """`[FOLDER] QUERY`: two words are a folder and a query; one is the query, searched in the current
+    folder (like rclip), unless --image is the query and the word names a folder."""
+    words = list(args.words)
+    if len(words) > 2:
+        raise BadRequest('find takes [FOLDER] QUERY; quote a query of several words: "a blue square"')
+    if len(words) == 2:
+        return Path(words[0]), words[1]
+    if len(words) == 1 and args.image and Path(words[0]).is_dir():
+        return Path(words[0]), ""
+    return Path("."), words[0] if words else ""
+
+
 def cmd_find(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    from iris.images import ImageLimits
+    from iris.images import ImageLimits, load_image
     from iris.index import ImageIndex, index_folder
+    from iris.query import combine, parse_query
 
-    folder = Path(args.folder)
+    folder, query = _find_target(args)
     if not folder.is_dir():
         raise BadRequest(f"not a folder: {folder}")
-    if not args.query.strip():
-        raise BadRequest("the query is empty")
+    terms = parse_query(query)  # the same algebra as /find: "a cat +sunset -text", `:weight` per term
+    if not terms and not args.image:
+        raise BadRequest('the query is empty: give words ("a blue square -red") or --image FILE')
     _check_range("-k", args.k, 1, MAX_FIND_K)
+    limits = ImageLimits(cfg.images.max_bytes, cfg.images.max_pixels)
+    image = load_image(args.image, limits, name=args.image) if args.image else None  # before any model
     engine = _engine(cfg)
     clip = engine.clip
     with ImageIndex(args.index or cfg.index.path, cfg.index) as index:
@@ -100,14 +153,22 @@ def cmd_find(args: argparse.Namespace) -> int:
             folder,
             engine.embed_images,
             clip.name,
-            ImageLimits(cfg.images.max_bytes, cfg.images.max_pixels),
+            limits,
             batch_size=cfg.clip.batch_size,
             progress=lambda n, total: bar(n, total),
         )
         bar(None, None)
-        hits = index.search(engine.embed_text(args.query), [f"folder:{folder.resolve()}"], clip.name, args.k)
+        vectors = [engine.embed_text(t.text) for t in terms]
+        weights = [t.weight for t in terms]
+        if image is not None:
+            vectors.append(engine.embed_images([image])[0])
+            weights.append(1.0)  # as /find weighs its image
+        hits = index.search(combine(vectors, weights), [f"folder:{folder.resolve()}"], clip.name, args.k)
     payload = {
-        "query": args.query,
+        "query": query,
+        "terms": [{"text": t.text, "weight": t.weight} for t in terms],
+        "image": args.image,
+        "folder": str(folder.resolve()),
         "hits": [{"path": h.meta.get("path", h.key), "score": round(h.score, 6)} for h in hits],
         "index": {
             "embedded": report.embedded,
@@ -119,8 +180,8 @@ def cmd_find(args: argparse.Namespace) -> int:
         },
     }
     lines = [
-        f"indexed: {report.embedded} new, {report.reused} known content, {report.unchanged} unchanged, "
-        f"{report.bad} unreadable, {report.removed} removed"
+        f"indexed {folder}: {report.embedded} new, {report.reused} known content, {report.unchanged} "
+        f"unchanged, {report.bad} unreadable, {report.removed} removed"
     ]
     lines += [f"  skipped {p}" for p in report.problems]
     lines += [f"{i:3d}. {h.score:.4f}  {h.meta.get('path', h.key)}" for i, h in enumerate(hits, 1)]
@@ -300,11 +361,20 @@ def cmd_download(args: argparse.Namespace) -> int:
     if args.list:
         clip = {n: p.description for n, p in weights.CLIP_PRESETS.items()}
         vqgan = {n: p.description for n, p in weights.VQGAN_PRESETS.items()}
-        width = max(map(len, [*clip, *vqgan]))
+        upscale = {
+            n: f"super-resolution ×2, about {p.approx_bytes / 1e6:.0f} MB"
+            for n, p in weights.UPSCALER_PRESETS.items()
+        }
+        width = max(map(len, [*clip, *vqgan, *upscale]))
         lines = ["CLIP presets (or any ARCH/TAG of open_clip.list_pretrained()):"]
         lines += [f"  {n:<{width}}  {d}" for n, d in clip.items()]
         lines += ["VQGAN presets:"] + [f"  {n:<{width}}  {d}" for n, d in vqgan.items()]
-        _emit(args, {"clip": list(clip), "vqgan": list(vqgan)}, "\n".join(lines))
+        lines += ["Upscaler presets:"] + [f"  {n:<{width}}  {d}" for n, d in upscale.items()]
+        _emit(
+            args,
+            {"clip": list(clip), "vqgan": list(vqgan), "upscaler": list(upscale)},
+            "\n".join(lines),
+        )
         return 0
     paths = weights.download(
         list(args.names),
@@ -346,22 +416,69 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """The options every command takes, before or after the command's name.
+
+    The top-level parser sets the defaults; each command's copy defaults to SUPPRESS, so an option given
+    before the command is not overwritten by the command's default."""
+
+    def default(value: Any) -> Any:
+        return value if top else argparse.SUPPRESS
+
+    parser.add_argument(
         "--config",
         metavar="FILE",
-        help=f"config file (default: ./{DEFAULT_CONFIG} if present, else built-in defaults; "
-        "config.toy.yaml runs offline on the shipped toy models)",
+        default=default(None),
+        help=f"config file (default: $IRIS_CONFIG, else ./{DEFAULT_CONFIG} if present, else built-in "
+        "defaults; config.toy.yaml runs offline on the shipped toy models)",
     )
-    common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
-    common.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
-    common.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    parser.add_argument(
+        "--json", action="store_true", default=default(False), help="machine-readable output on stdout"
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=default(0), help="more logging (-vv for debug)"
+    )
+    parser.add_argument(
+        "--debug", action="store_true", default=default(False), help="show tracebacks of unexpected errors"
+    )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Exit 0 when the bot's last heartbeat is fresh and healthy, else 1 (Docker's "unhealthy")."""
+    if not args.local:
+        raise BadRequest(
+            "iris status --local reads the heartbeat of a bot on this machine; on Discord, use /status"
+        )
+    cfg = _config(args)
+    from iris import heartbeat
+
+    try:
+        beat = heartbeat.read(cfg.heartbeat_path)
+    except BadFile as e:
+        _emit(args, {"healthy": False, "problems": [e.message]}, f"unhealthy: {e.message}")
+        return 1
+    problems = beat.problems()
+    age = time.time() - beat.time
+    payload = {"healthy": not problems, "problems": problems, "age_s": round(age, 1), **asdict(beat)}
+    facts = (
+        f"gateway {'connected' if beat.gateway else 'down'}, worker {'alive' if beat.worker else 'silent'}, "
+        f"{beat.queued} queued, {beat.running} running; last beat {age:.0f} s ago (pid {beat.pid})"
+    )
+    _emit(args, payload, f"unhealthy: {'; '.join(problems)} ({facts})" if problems else f"healthy: {facts}")
+    return 1 if problems else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common, top=False)
 
     p = argparse.ArgumentParser(
-        prog="iris", description="Iris: see and dream with CLIP, offline or on Discord."
+        prog="iris",
+        description="Iris: see and dream with CLIP, offline or on Discord. The options --config, --json, "
+        "-v and --debug go before or after the command.",
     )
     p.add_argument("--version", action="version", version=f"iris {__version__}")
+    _add_common(p, top=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser(
@@ -385,16 +502,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.set_defaults(func=cmd_classify)
 
+    de = sub.add_parser(
+        "describe",
+        parents=[common],
+        help="tell what images show, with a prompt to draw them",
+        description="Rank the built-in vocabulary with CLIP: what each image shows, and an /imagine prompt.",
+    )
+    de.add_argument("images", nargs="+", metavar="IMAGE")
+    de.add_argument("--top-k", type=int, default=5, help="phrases shown per image (default: 5)")
+    de.set_defaults(func=cmd_describe)
+
     f = sub.add_parser(
         "find",
         parents=[common],
-        help="search a folder of images by text",
-        description="Index a folder (only new or changed files are embedded) and search it.",
+        help="search a folder of images by text or by an image",
+        description="Index a folder (only new or changed files are embedded) and search it. The query "
+        'takes the same terms as /find: "a cat +sunset -text", each with an optional :weight '
+        '("a square -blue:0.5"). FOLDER defaults to the current folder: `iris find "a blue square"`; '
+        "with two words the first is the folder.",
     )
-    f.add_argument("folder", metavar="FOLDER")
-    f.add_argument("query", metavar="QUERY")
+    f.add_argument("words", nargs="*", metavar="[FOLDER] QUERY")
+    f.add_argument(
+        "--image", metavar="FILE", help="search with this image too (alone: images that look like it)"
+    )
     f.add_argument("-k", type=int, default=10, help="number of hits (default: 10)")
-    f.add_argument("--index", metavar="FILE", help="SQLite index file (default: index.path from the config)")
+    f.add_argument(
+        "--index",
+        metavar="FILE",
+        help="SQLite index file (default: index.path from the config, in the data directory)",
+    )
     f.set_defaults(func=cmd_find)
 
     i = sub.add_parser(
@@ -478,6 +614,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--global", dest="global_", action="store_true", help="sync globally")
     s.set_defaults(func=cmd_sync)
+    st = sub.add_parser(
+        "status",
+        parents=[common],
+        help="is the bot on this machine healthy? (exit 0 or 1)",
+        description="Read the heartbeat that `iris run` writes every 30 s into the data directory "
+        "(iris-heartbeat.json): exit 0 when it is fresh and the bot is connected to Discord with a live "
+        "inference worker, else print why and exit 1. Docker's HEALTHCHECK runs it.",
+    )
+    st.add_argument("--local", action="store_true", help="read this machine's heartbeat file (required)")
+    st.set_defaults(func=cmd_status)
     return p
 
 

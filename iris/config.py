@@ -12,7 +12,7 @@ import re
 import stat
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -87,7 +87,9 @@ class AutoAllowed:
 
 @dataclass(frozen=True)
 class WeightsConfig:
-    cache_dir: str | None = None  # where downloaded weights live; None: $IRIS_CACHE or ~/.cache/iris
+    # where downloaded weights live; None: $IRIS_CACHE, else DATA/cache when a data dir is named, else
+    # ~/.cache/iris; a relative path is inside the data dir
+    cache_dir: str | None = None
     offline: bool = False  # never touch the network; a missing file is an error that says how to get it
     mirrors: list[Annotated[str, Pattern(r"(https?|file)://\S+", "an http(s):// or file:// URL")]] = field(
         default_factory=list
@@ -143,6 +145,9 @@ class ImagineConfig:
     max_side: Annotated[int, Range(ge=16)] = 512  # px, upper bound for width and height
     max_prompt_chars: Positive = 500  # longer prompts are refused
     profile: str = "classic"  # cutout recipe: "classic" (the reference scripts'), "iris" or "none"
+    # Upscale's super-resolution model: a preset (RealESRGAN_x2plus, fetched by `iris download`) or a local
+    # .pth/.safetensors file of an ESRGAN-family model; None (or not installed): Lanczos, labelled so.
+    upscaler: str | None = None
 
 
 @dataclass(frozen=True)
@@ -161,7 +166,7 @@ class ManagerConfig:
     drain_on_close: bool = (
         False  # on shutdown, run queued jobs within the grace (else keep them for next start)
     )
-    journal_path: str = "iris-jobs.sqlite3"  # SQLite journal of generation jobs (survives restarts)
+    journal_path: str = "iris-jobs.sqlite3"  # SQLite journal of jobs (survives restarts); relative: in DATA
     retention_days: Annotated[float, Range(ge=0)] = (
         30.0  # days a finished job (with its pictures and init image) stays in the journal; 0: forever
     )
@@ -177,6 +182,9 @@ class GuildConfig:
     )
     default_labels: list[str] | None = None  # overrides classify.default_labels in this server
     find_excluded: list[Snowflake] = field(default_factory=list)  # channel ids /find never scans or shows
+    banned_prompts: list[str] = field(
+        default_factory=list
+    )  # regexes refused in this server, besides discord.banned_prompts (which apply everywhere)
 
 
 @dataclass(frozen=True)
@@ -217,10 +225,15 @@ class ImagesConfig:
 
 @dataclass(frozen=True)
 class IndexConfig:
-    path: str = "iris-index.sqlite3"  # SQLite file of the image search index (relative: to the cwd)
+    path: str = "iris-index.sqlite3"  # SQLite file of the image search index; relative: in the data dir
     tombstone_days: PositiveFloat = 7.0  # deleted messages remembered: a racing scan can't re-add them
     retention_days: PositiveFloat = 30.0  # saved /find queries and query-image vectors kept
     search_memory_mib: Positive = 4096  # search vectors in RAM; past it, least recent servers dropped
+
+
+@dataclass(frozen=True)
+class SettingsConfig:
+    path: str = "iris-settings.sqlite3"  # SQLite file of /settings (user defaults, server settings)
 
 
 @dataclass(frozen=True)
@@ -236,13 +249,57 @@ class Config:
     discord: DiscordConfig = field(default_factory=DiscordConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    settings: SettingsConfig = field(default_factory=SettingsConfig)
+
+    # the folder holding all state (journal, index, settings, weights cache, heartbeat); None: $IRIS_DATA,
+    # else the current folder
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        # State files are the sections' `path` and `*_path` fields. A relative one lives in the data
+        # directory, resolved once here so that every reader (the journal, the index, the settings store)
+        # gets the same file whatever its working directory.
+        for section in dataclasses.fields(self):
+            value = getattr(self, section.name)
+            if not dataclasses.is_dataclass(value) or isinstance(value, type):
+                continue
+            moved = {
+                f.name: str(self.state_path(getattr(value, f.name)))
+                for f in dataclasses.fields(value)
+                if (f.name == "path" or f.name.endswith("_path")) and isinstance(getattr(value, f.name), str)
+            }
+            if moved:
+                object.__setattr__(self, section.name, replace(value, **moved))
+
+    @property
+    def data_dir_chosen(self) -> bool:
+        """Whether a data directory was named (config or $IRIS_DATA) rather than the current folder."""
+        return bool(self.data_dir or os.environ.get("IRIS_DATA"))
+
+    @property
+    def data_path(self) -> Path:
+        """The data directory, absolute: `data_dir`, else $IRIS_DATA, else the current folder."""
+        raw = self.data_dir or os.environ.get("IRIS_DATA") or "."
+        return Path(os.path.expanduser(raw)).absolute()
+
+    def state_path(self, path: str | os.PathLike[str]) -> Path:
+        """A state file's path: absolute (or ~) as written, relative inside the data directory."""
+        p = Path(os.path.expanduser(path))
+        return p if p.is_absolute() else self.data_path / p
+
+    @property
+    def heartbeat_path(self) -> Path:
+        """The file `iris run` refreshes and `iris status --local` reads."""
+        return self.data_path / "iris-heartbeat.json"
 
     @property
     def cache_dir(self) -> Path:
         if self.weights.cache_dir:
-            return Path(os.path.expanduser(self.weights.cache_dir))
+            return self.state_path(self.weights.cache_dir)
         if os.environ.get("IRIS_CACHE"):
             return Path(os.environ["IRIS_CACHE"])
+        if self.data_dir_chosen:
+            return self.data_path / "cache"
         xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         return Path(xdg) / "iris"
 
@@ -331,11 +388,16 @@ def _validate(cfg: Config) -> None:
         if choices and value not in choices:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
     im = cfg.imagine
-    for pattern in cfg.discord.banned_prompts:
+    banned = [("discord.banned_prompts", p) for p in cfg.discord.banned_prompts] + [
+        (f"discord.guilds.{gid}.banned_prompts", p)
+        for gid, g in cfg.discord.guilds.items()
+        for p in g.banned_prompts
+    ]
+    for where, pattern in banned:
         try:
             re.compile(pattern)
         except re.error as e:
-            raise ConfigError(f"discord.banned_prompts: {pattern!r} is not a valid regex ({e})") from e
+            raise ConfigError(f"{where}: {pattern!r} is not a valid regex ({e})") from e
     fixed = [v for v in (im.width, im.height) if not isinstance(v, Automatic)]  # auto stays within max_side
     if (not isinstance(im.steps, Automatic) and im.steps > im.max_steps) or max(
         fixed, default=0

@@ -30,6 +30,7 @@ class ImagineRequest:
     image_prompts: tuple[tuple[bytes, float], ...] = ()  # (encoded image file, weight) pulled toward
     init_weight: float = 0.0  # pull toward the init image (decaying); 0: none
     ema: float = 0.0  # decay of an exponential moving average of the latents shown as the image; 0: off
+    count: int = 1  # pictures: 1, or 4 (four-up: seeds seed..seed+3, one job, posted as one 2×2 grid)
 
     def validated(
         self,
@@ -52,6 +53,8 @@ class ImagineRequest:
             raise BadRequest(f"the learning rate must be in (0, 10], got {self.lr}")
         if self.generator not in ("vqgan", "pixels"):
             raise BadRequest(f"generator must be vqgan or pixels, got {self.generator!r}")
+        if self.count not in (1, 4):
+            raise BadRequest(f"count must be 1 or 4, got {self.count}")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise BadRequest("the seed must be a whole number between 0 and 2^63 - 1")
         if self.profile not in PROFILES:

@@ -13,14 +13,17 @@ import numpy as np
 from PIL import Image
 
 from iris.config import Config
-from iris.errors import BadRequest
+from iris.errors import BadRequest, IrisError
 from iris.images import ImageLimits
 from iris.labels import check_labels
 from iris.request import ImagineRequest
 from models.clip import Clip, Prediction, load_clip
+from models.describe import Describer, Description
 from models.device import resolve_device, resolve_imagine
 from models.generate import Generation, create_generation
+from models.group import GroupGeneration
 from models.toy import TOY_VQGAN_CONFIG, TOY_VQGAN_WEIGHTS
+from models.upscale import SuperResolution, Upscaled, load_upscaler, upscale
 from models.vqgan import VQGAN, load_vqgan
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,9 @@ class Engine:
         self._vqgan: VQGAN | None = None
         # imagine's "auto" defaults (size, steps), picked once for this device's memory
         self.imagine = resolve_imagine(config.imagine, resolve_device(config.device))
+        self._upscaler: SuperResolution | None = None
+        self._upscaler_tried = False  # a missing or broken model is reported once, then Lanczos serves
+        self.describer = Describer(config.cache_dir)  # the vocabulary /describe ranks, embedded per model
 
     @property
     def clip(self) -> Clip:
@@ -78,6 +84,35 @@ class Engine:
             self._vqgan = load_vqgan(cfg_path, ckpt, device=self.clip.device, trust_pickle=trust)
         return self._vqgan
 
+    @property
+    def upscaler(self) -> SuperResolution | None:
+        """The configured super-resolution model, or None (none configured, or it cannot be loaded)."""
+        name = self.config.imagine.upscaler
+        if self._upscaler is None and name and not self._upscaler_tried:
+            self._upscaler_tried = True
+            from models.weights import UPSCALER_PRESETS, upscaler_path
+
+            try:
+                path = (
+                    upscaler_path(
+                        name,
+                        self.config.cache_dir,
+                        mirrors=self.config.weights.mirrors,
+                        offline=self.config.weights.offline,
+                        progress=False,
+                    )
+                    if name in UPSCALER_PRESETS
+                    else Path(name)
+                )
+                self._upscaler = load_upscaler(path, self.clip.device)
+            except IrisError as e:
+                log.warning("Upscale falls back to Lanczos: %s", e.message)
+        return self._upscaler
+
+    def upscale(self, image: Image.Image) -> Upscaled:
+        """`image` at twice its side: by the super-resolution model if there is one, else Lanczos."""
+        return upscale(image, self.upscaler)
+
     def check_labels(self, labels: Sequence[str]) -> list[str]:
         c = self.config.classify
         return check_labels(list(labels), c.max_labels, c.max_label_chars)
@@ -93,6 +128,14 @@ class Engine:
         return self.clip.classify(
             images, labels, templates or self.config.classify.templates, top_k or self.config.classify.top_k
         )
+
+    def describe(self, images: Sequence[Image.Image], top_k: int = 5) -> list[Description]:
+        """What each image shows: the best vocabulary phrases with scores, and an /imagine prompt."""
+        return self.describe_features(self.embed_images(images), top_k)
+
+    def describe_features(self, features: np.ndarray, top_k: int = 5) -> list[Description]:
+        """`describe` for (N, D) image embeddings already made."""
+        return self.describer.describe(self.clip, features, top_k)
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         return self.clip.encode_images(images, batch_size=self.config.clip.batch_size)
@@ -120,6 +163,9 @@ class Engine:
         limits = ImageLimits(self.config.images.max_bytes, self.config.images.max_pixels)
         return req.validated(im.max_steps, im.max_side, im.max_prompt_chars, limits)
 
-    def new_generation(self, request: ImagineRequest) -> Generation:
+    def new_generation(self, request: ImagineRequest) -> Generation | GroupGeneration:
+        """One generation, or a group of `request.count` run one after the other as one job."""
         vqgan = self.vqgan if request.generator == "vqgan" else None
+        if request.count > 1:
+            return GroupGeneration(lambda r: create_generation(self.clip, vqgan, r), request)
         return create_generation(self.clip, vqgan, request)

@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, created);
 CREATE TABLE IF NOT EXISTS blobs (
     job TEXT NOT NULL,
     n INTEGER NOT NULL,         -- the request's n-th bytes value, in JSON order
@@ -169,6 +170,13 @@ class Journal:
             marks = ",".join("?" * len(states))
             sql = f"SELECT {_COLUMNS} FROM jobs WHERE state IN ({marks}) ORDER BY created"
             rows = self._db.execute(sql, states).fetchall()
+            return [self._entry(r) for r in rows]
+
+    def of_owner(self, owner: str, limit: int) -> list[JournalEntry]:
+        """`owner`'s jobs, newest first, at most `limit`."""
+        with self._lock:
+            sql = f"SELECT {_COLUMNS} FROM jobs WHERE owner = ? ORDER BY created DESC LIMIT ?"
+            rows = self._db.execute(sql, (owner, limit)).fetchall()
             return [self._entry(r) for r in rows]
 
     def unfinished(self) -> list[JournalEntry]:

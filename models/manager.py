@@ -34,13 +34,15 @@ from iris.errors import (
 from iris.images import ImageLimits, load_image
 from iris.request import ImagineRequest
 from models.clip import Prediction
+from models.describe import Description
 from models.engine import Engine
 from models.events import Cancelled
 from models.generate import Generation
 from models.handle import JobHandle, JobSummary, ManagerStatus
 from models.journal import JobState, Journal, JournalEntry
 from models.short_jobs import ShortJob
-from models.worker import GenJob, WorkerThread
+from models.upscale import Upscaled
+from models.worker import GenJob, WorkerThread, total_steps
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +165,21 @@ class InferenceManager(WorkerThread):
             templates=templates or self.config.classify.templates,
         )
         result: list[Prediction] = await self._submit(job)
+        return result
+
+    async def describe(self, image: Image.Image | bytes, top_k: int = 5) -> Description:
+        """What the image shows (vocabulary phrases with scores, and an /imagine prompt): a short job."""
+        im = await self._decode(image)
+        job = ShortJob("describe", self._new_future(), images=[im], top_k=max(1, min(top_k, 25)))
+        result: Description = await self._submit(job)
+        return result
+
+    async def upscale(self, image: Image.Image | bytes) -> Upscaled:
+        """`image` at twice its side, on the worker thread (super-resolution model or labelled Lanczos)."""
+        im = await self._decode(image)
+        result: Upscaled = await self._submit(
+            ShortJob("call", self._new_future(), run=lambda: self.engine.upscale(im))
+        )
         return result
 
     async def embed_images(self, images: Sequence[Image.Image | bytes]) -> np.ndarray:
@@ -357,9 +374,9 @@ class InferenceManager(WorkerThread):
             running = None
             if cur is not None:
                 step = cur.gen.steps_done if cur.gen else 0
-                running = JobSummary(cur.id, cur.owner, JobState.RUNNING, step, cur.request.steps, 0)
+                running = JobSummary(cur.id, cur.owner, JobState.RUNNING, step, total_steps(cur.request), 0)
             queued = [
-                JobSummary(j.id, j.owner, JobState.QUEUED, 0, j.request.steps, i)
+                JobSummary(j.id, j.owner, JobState.QUEUED, 0, total_steps(j.request), i)
                 for i, j in enumerate(self._queue, 1)
             ]
         eng = self.engine

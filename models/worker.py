@@ -27,6 +27,7 @@ from iris.request import ImagineRequest
 from models.engine import Engine
 from models.events import Cancelled, Done, Event, Failed, Progress, Queued, Started
 from models.generate import Generation, png_bytes
+from models.group import AnyGeneration
 from models.handle import JobHandle
 from models.journal import JobState, Journal
 from models.short_jobs import ShortJob, run_batch, take_batch
@@ -43,7 +44,7 @@ class GenJob:
     request: ImagineRequest
     handle: JobHandle
     cancel: threading.Event = field(default_factory=threading.Event)
-    gen: Generation | None = None
+    gen: AnyGeneration | None = None
     started_at: float | None = None
     oom_tries: int = 0
     reduced: list[str] = field(default_factory=list)
@@ -160,7 +161,13 @@ class WorkerThread:
     def _run_short(self, batch: list[ShortJob]) -> None:
         self.forward_batches += 1
         try:
-            run_batch(self.engine.clip, batch, self._settle_short, self.config.clip.batch_size)
+            run_batch(
+                self.engine.clip,
+                batch,
+                self._settle_short,
+                self.config.clip.batch_size,
+                self.engine.describe_features,
+            )
         except BaseException as e:  # even a BaseException fails only the short jobs, not the step around
             if len(batch) == 1:
                 self._settle_short(batch[0], None, e)
@@ -246,7 +253,7 @@ class WorkerThread:
         if gen.done:
             self._finish(job, gen)
 
-    def _finish(self, job: GenJob, gen: Generation) -> None:
+    def _finish(self, job: GenJob, gen: AnyGeneration) -> None:
         """After the last step: the final picture (any error ends the job now, as Failed), GENERATED."""
         try:
             result = gen.result()
@@ -328,9 +335,9 @@ class WorkerThread:
         ahead = 0
         if self._current is not None:
             done = self._current.gen.steps_done if self._current.gen else 0
-            ahead = self._current.request.steps - done
+            ahead = total_steps(self._current.request) - done
         for pos, job in enumerate(self._queue, 1):
-            ahead += job.request.steps
+            ahead += total_steps(job.request)
             if force or job.last_position != pos:
                 job.last_position = pos
                 self._emit(job, Queued(pos, ahead * st if st is not None else None))
@@ -363,6 +370,11 @@ class WorkerThread:
     @staticmethod
     def _user_error(e: BaseException, what: str = "a short job") -> IrisError:
         return internal_error(log, e, what)
+
+
+def total_steps(request: ImagineRequest) -> int:
+    """Steps of the whole job: a four-up group runs `steps` for each picture."""
+    return request.steps * request.count
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

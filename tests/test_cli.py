@@ -113,6 +113,96 @@ def test_find_indexes_once(capsys, tmp_path):
     assert code == 2 and "not a folder" in err
 
 
+@pytest.fixture
+def shapes(tmp_path) -> Path:
+    """Every colour × shape of the toy world, twice, named by what they show."""
+    pics = tmp_path / "shapes"
+    pics.mkdir()
+    for colour in world.COLOURS:
+        for shape in world.SHAPES:
+            for seed in (1, 2):
+                world.make_image(colour, shape, seed=seed).save(pics / f"{colour}_{shape}_{seed}.png")
+    return pics
+
+
+def _hit_names(out: str) -> list[str]:
+    return [Path(h["path"]).stem.rsplit("_", 1)[0] for h in json.loads(out)["hits"]]
+
+
+def test_find_takes_the_query_algebra(capsys, shapes, tmp_path):
+    index = str(tmp_path / "idx.sqlite3")
+    code, out, err = run(capsys, "find", str(shapes), "a square -blue", "-k", "6", "--index", index, "--json")
+    assert code == 0, err
+    assert json.loads(out)["terms"] == [{"text": "a square", "weight": 1.0}, {"text": "blue", "weight": -1.0}]
+    names = _hit_names(out)
+    assert all(n.endswith("_square") for n in names[:4]) and not any(n.startswith("blue") for n in names)
+    # `+` adds a term and `:weight` sets how hard it pulls
+    for weight, top in (("0.2", "red_circle"), ("5", "blue_square")):
+        query = f"a red circle +a blue square:{weight}"
+        code, out, _ = run(capsys, "find", str(shapes), query, "-k", "2", "--index", index, "--json")
+        assert code == 0 and _hit_names(out) == [top] * 2, (query, _hit_names(out))
+    code, _, err = run(capsys, "find", str(shapes), "a square -a square", "--index", index)
+    assert code == 2 and "cancel each other" in err
+
+
+def test_find_searches_with_an_image(capsys, shapes, tmp_path):
+    query = tmp_path / "query.png"
+    world.make_image("green", "triangle", seed=99).save(query)
+    index = str(tmp_path / "idx.sqlite3")
+    code, out, err = run(
+        capsys, "find", str(shapes), "--image", str(query), "-k", "2", "--index", index, "--json"
+    )
+    assert code == 0, err
+    assert _hit_names(out) == ["green_triangle"] * 2 and json.loads(out)["image"] == str(query)
+    # an image and words together; and a bad image is one line before any model loads
+    argv = ["find", "--image", str(query), "--index", index, "--json", "--config", TOY]
+    code = main([*argv, "--", str(shapes), "-green"])  # after `--`, a query may start with "-"
+    out = capsys.readouterr().out
+    assert code == 0 and not _hit_names(out)[0].startswith("green")
+    (tmp_path / "bad.png").write_text("not a picture")
+    code, _, err = run(capsys, "find", str(shapes), "--image", str(tmp_path / "bad.png"), "--index", index)
+    assert code == 2 and "not a PNG" in err
+    code, _, err = run(capsys, "find", "--index", index)
+    assert code == 2 and "--image" in err
+
+
+def test_find_searches_the_current_folder_by_default(capsys, shapes, tmp_path, monkeypatch):
+    monkeypatch.chdir(shapes)
+    index = str(tmp_path / "idx.sqlite3")
+    code, out, err = run(capsys, "find", "a yellow circle", "-k", "2", "--index", index, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["folder"] == str(shapes.resolve()) and _hit_names(out) == ["yellow_circle"] * 2
+    assert all(Path(h["path"]).parent == shapes.resolve() for h in result["hits"])
+    # --image with one word: the word is the folder
+    monkeypatch.chdir(tmp_path)
+    img = str(shapes / "red_square_1.png")
+    code, out, _ = run(capsys, "find", "shapes", "--image", img, "-k", "1", "--index", index, "--json")
+    assert code == 0 and _hit_names(out) == ["red_square"]
+    code, _, err = run(capsys, "find", "a", "b", "c", "--index", index)
+    assert code == 2 and "quote" in err
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_common_options_before_or_after_the_command(capsys, toy_png, where):
+    labels = ["--labels", "red circle, blue square"]
+    common = ["--config", TOY, "--json"]
+    argv = [*common, "classify", str(toy_png), *labels]
+    if where == "after":
+        argv = ["classify", str(toy_png), *labels, *common]
+    code = main(argv)
+    out = capsys.readouterr().out
+    assert code == 0 and json.loads(out)[0]["labels"][0]["label"] == "blue square"
+
+
+def test_config_from_the_environment(capsys, toy_png, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # no ./config.yaml here
+    monkeypatch.setenv("IRIS_CONFIG", TOY)
+    code = main(["classify", str(toy_png), "--json"])
+    out = capsys.readouterr().out
+    assert code == 0 and json.loads(out)[0]["labels"][0]["label"] == "blue square"  # toy default labels
+
+
 def test_imagine_writes_png_and_is_reproducible(capsys, tmp_path):
     outs = []
     for name in ("a.png", "b.png"):

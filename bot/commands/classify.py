@@ -66,13 +66,16 @@ class Classify(commands.Cog):
         labels: list[str],
         top_k: int | None,
     ) -> None:
+        """Defer (privately when the person chose /settings me private_classify), classify, answer."""
+        private = (await self.bot.user_settings(interaction.user.id)).private_classify
+        await interaction.response.defer(thinking=True, ephemeral=private)
         cfg = self.bot.config.images
         name = image_name(attachment.filename)
         check_size(attachment.size, ImageLimits(cfg.max_bytes, cfg.max_pixels), name)
         data = await read_capped(attachment.url, cfg.max_bytes, name)  # a declared size can be wrong
         preds = await self.bot.manager.classify(data, labels, top_k=top_k)
         embed = result_embed(preds, self.bot.config.discord.none_threshold, attachment.url)
-        await retrying(lambda: interaction.followup.send(embed=embed))
+        await retrying(lambda: interaction.followup.send(embed=embed, ephemeral=private))
 
     @app_commands.command(name="classify", description="Label an image with CLIP against labels you give")
     @app_commands.describe(
@@ -88,7 +91,6 @@ class Classify(commands.Cog):
         top_k: app_commands.Range[int, 1, 10] | None = None,
     ) -> None:
         chosen = self._labels(labels, interaction.guild_id)  # cheap checks answer privately, before deferring
-        await interaction.response.defer(thinking=True)
         await self._run(interaction, image, chosen, top_k)
 
     async def classify_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
@@ -97,7 +99,6 @@ class Classify(commands.Cog):
             if not images:
                 raise BadImage("that message has no image attachment to classify")
             labels = self._labels(None, interaction.guild_id)
-            await interaction.response.defer(thinking=True)
             await self._run(interaction, images[0], labels, None)
         except Exception as e:  # context menus report through the same path as slash commands
             await reply_error(interaction, e)

@@ -18,16 +18,19 @@ from models.weights.presets import (
     VQGANPreset,
     WeightFile,
 )
+from models.weights.upscaler_files import UPSCALER_PRESETS, UpscalerPreset, upscaler_path
 from models.weights.vqgan_files import VQGANFiles, mirror_sources, vqgan_paths
 
 __all__ = [
     "CLIP_PRESETS",
     "DEFAULT_CLIP",
     "DEFAULT_VQGAN",
+    "UPSCALER_PRESETS",
     "VQGAN_PRESETS",
     "Cached",
     "ClipPreset",
     "Source",
+    "UpscalerPreset",
     "VQGANFiles",
     "VQGANPreset",
     "WeightFile",
@@ -38,5 +41,6 @@ __all__ = [
     "mirror_sources",
     "obtain",
     "set_hub_offline",
+    "upscaler_path",
     "vqgan_paths",
 ]

@@ -47,6 +47,8 @@ class World:
         data["imagine"].update(steps=8, preview_every=2)
         data["images"] = {"max_bytes": 400_000}
         data["index"] = {"path": str(self.tmp / "index.sqlite3")}
+        data["data_dir"] = str(self.tmp)  # the heartbeat and any other state stay in the test's folder
+        data["settings"] = {"path": str(self.tmp / "settings.sqlite3")}
         return parse_config(data)
 
     @asynccontextmanager

@@ -243,3 +243,12 @@ def test_a_journal_path_that_cannot_be_a_journal_is_one_line(tmp_path, kind):
     assert str(path) in str(refused.value) and "\n" not in str(refused.value)
     if before is not None:
         assert path.read_bytes() == before
+
+
+def test_of_owner_lists_one_owners_jobs_newest_first(journal):
+    for n, owner in enumerate(["a", "b", "a", "a"]):
+        journal.add(f"j{n}", owner, ImagineRequest(f"prompt {n}"), {})
+        time.sleep(0.002)  # distinct creation times
+    assert [e.id for e in journal.of_owner("a", 10)] == ["j3", "j2", "j0"]
+    assert [e.id for e in journal.of_owner("a", 2)] == ["j3", "j2"]
+    assert journal.of_owner("nobody", 5) == []

@@ -9,11 +9,12 @@ from __future__ import annotations
 from bot.app import IrisBot
 
 from ._cog import Imagine
+from ._grid import PictureButton
 from ._views import JobButton
 
-__all__ = ["Imagine", "JobButton", "setup"]
+__all__ = ["Imagine", "JobButton", "PictureButton", "setup"]
 
 
 async def setup(bot: IrisBot) -> None:
-    bot.add_dynamic_items(JobButton)
+    bot.add_dynamic_items(JobButton, PictureButton)
     await bot.add_cog(Imagine(bot))

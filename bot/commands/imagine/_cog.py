@@ -6,8 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import re
-from typing import Any
+from typing import Any, Literal
 
 import discord
 from discord import app_commands
@@ -22,6 +21,7 @@ from bot.progress import ProgressMessage, Requester, View
 from iris.errors import IrisError
 from iris.images import ImageLimits
 from iris.request import ImagineRequest
+from iris.settings import banned_pattern
 from models.events import Cancelled, Done, Failed, Progress, Queued, Started
 from models.handle import JobHandle
 
@@ -36,7 +36,6 @@ class Imagine(commands.Cog):
         self.bot = bot
         self.tasks: set[asyncio.Task[None]] = set()
         self._resumed = False
-        self._banned = [re.compile(p, re.I) for p in bot.config.discord.banned_prompts]
 
     async def cog_unload(self) -> None:
         for task in self.tasks:
@@ -56,6 +55,7 @@ class Imagine(commands.Cog):
         aspect="picture shape",
         init_image="start from this picture instead of noise",
         generator="vqgan (default) or pixels",
+        count="4: four variations (different seeds) in one 2×2 grid, with U1–U4 and V1–V4 buttons",
     )
     @app_commands.choices(
         aspect=[app_commands.Choice(name=n, value=n) for n in ("square", "landscape", "portrait")],
@@ -70,11 +70,19 @@ class Imagine(commands.Cog):
         aspect: str | None = None,
         init_image: discord.Attachment | None = None,
         generator: str | None = None,
+        count: Literal[1, 4] | None = None,
     ) -> None:
         self.check_allowed(interaction, prompt)
-        size = self._size(aspect)
+        mine = await self.bot.user_settings(interaction.user.id)  # /settings me: what was not said here
+        size = self._size(aspect or mine.aspect)
         request = self.bot.manager.engine.request(
-            prompt, steps=steps, seed=seed, width=size[0], height=size[1], generator=generator
+            prompt,
+            steps=steps or mine.steps,
+            seed=seed,
+            width=size[0],
+            height=size[1],
+            generator=generator or mine.generator,
+            count=count,
         )  # validates: answers privately before deferring
         await self.defer_and_submit(interaction, request, init_image)
 
@@ -83,10 +91,10 @@ class Imagine(commands.Cog):
         return ImageLimits(cfg.max_bytes, cfg.max_pixels)
 
     def check_allowed(self, interaction: discord.Interaction, prompt: str) -> None:
-        for pattern in self._banned:
-            if pattern.search(prompt):
-                raise Refused("Sorry, I can't draw that here. Please try a different prompt.")
-        allowed = self.bot.guild_config(interaction.guild_id).imagine_channels
+        gcfg = self.bot.guild_config(interaction.guild_id)
+        if any(banned_pattern(p).search(prompt) for p in gcfg.banned_prompts):
+            raise Refused("Sorry, I can't draw that here. Please try a different prompt.")
+        allowed = gcfg.imagine_channels
         channel = interaction.channel
         if allowed and channel is not None:
             ids = {str(channel.id), str(getattr(channel, "parent_id", None))}
@@ -241,7 +249,7 @@ class Imagine(commands.Cog):
                 )
             elif isinstance(ev, Done):
                 shown = result_embed(prompt, ev.seed, ev.steps, ev.clip_score, ev.reduced)
-                await self.deliver(jid, progress, final_view(jid, shown, ev.png()))
+                await self.deliver(jid, progress, final_view(jid, shown, ev.png(), handle.request.count))
             elif isinstance(ev, Failed):
                 # The reason goes to the requester only: an error is never public.
                 await progress.finish(

@@ -74,7 +74,7 @@ async def _redeliver(cog: Imagine, entry: JournalEntry) -> None:
         return
     progress = await _old_place(cog, entry)  # the channel is gone: the picture goes by DM
     shown = result_embed(entry.request.prompt, entry.seed, entry.step, entry.clip_score, entry.reduced)
-    await cog.deliver(entry.id, progress, final_view(entry.id, shown, entry.result_png))
+    await cog.deliver(entry.id, progress, final_view(entry.id, shown, entry.result_png, entry.request.count))
 
 
 async def _resume(cog: Imagine, entry: JournalEntry) -> None:

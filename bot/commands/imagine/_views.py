@@ -85,6 +85,13 @@ def result_embed(
     return job_embed(prompt[:256], "", **fields)
 
 
-def final_view(job_id: str, embed: discord.Embed, png: bytes) -> View:
-    buttons_ = buttons(job_id, "reroll", "vary", "delete")
+def final_view(job_id: str, embed: discord.Embed, png: bytes, count: int = 1) -> View:
+    """The finished picture with its buttons; a four-up grid (`count` > 1) gets U1–U4 and V1–V4."""
+    from ._grid import PictureButton, grid_buttons
+
+    if count > 1:
+        buttons_ = grid_buttons(job_id, count)
+    else:
+        buttons_ = buttons(job_id, "reroll", "vary", "delete")
+        buttons_.add_item(PictureButton("x", 0, job_id))
     return View(embed=embed, image=png, filename=f"iris-{job_id}.png", view=buttons_)
