@@ -18,9 +18,10 @@ from bot.commands.status import fmt_eta
 from bot.delivery import why_not
 from bot.errors import Refused
 from bot.progress import ProgressMessage, Requester, View
-from iris.errors import IrisError
+from iris.errors import BadRequest, IrisError
 from iris.images import ImageLimits
-from iris.request import ImagineRequest
+from iris.prompts import MAX_WEIGHT
+from iris.request import PROFILES, ImagineRequest
 from iris.settings import banned_pattern
 from models.events import Cancelled, Done, Failed, Progress, Queued, Started
 from models.handle import JobHandle
@@ -56,10 +57,14 @@ class Imagine(commands.Cog):
         init_image="start from this picture instead of noise",
         generator="vqgan (default) or pixels",
         count="4: four variations (different seeds) in one 2×2 grid, with U1–U4 and V1–V4 buttons",
+        profile="cutout recipe: classic (the reference scripts'), iris (lighter) or none",
+        image_prompt="a picture to steer towards, like a prompt part",
+        image_weight="how strongly to steer towards image_prompt (negative: away); default 1",
     )
     @app_commands.choices(
         aspect=[app_commands.Choice(name=n, value=n) for n in ("square", "landscape", "portrait")],
         generator=[app_commands.Choice(name=n, value=n) for n in ("vqgan", "pixels")],
+        profile=[app_commands.Choice(name=n, value=n) for n in PROFILES],
     )
     async def imagine(
         self,
@@ -71,6 +76,9 @@ class Imagine(commands.Cog):
         init_image: discord.Attachment | None = None,
         generator: str | None = None,
         count: Literal[1, 4] | None = None,
+        profile: str | None = None,
+        image_prompt: discord.Attachment | None = None,
+        image_weight: app_commands.Range[float, -MAX_WEIGHT, MAX_WEIGHT] | None = None,
     ) -> None:
         self.check_allowed(interaction, prompt)
         mine = await self.bot.user_settings(interaction.user.id)  # /settings me: what was not said here
@@ -83,8 +91,13 @@ class Imagine(commands.Cog):
             height=size[1],
             generator=generator or mine.generator,
             count=count,
+            profile=profile,
         )  # validates: answers privately before deferring
-        await self.defer_and_submit(interaction, request, init_image)
+        if image_prompt is None and image_weight is not None:
+            raise BadRequest("image_weight goes with an image_prompt")
+        weight = 1.0 if image_weight is None else image_weight
+        steer = (image_prompt, weight) if image_prompt is not None else None
+        await self.defer_and_submit(interaction, request, init_image, steer)
 
     def _image_limits(self) -> ImageLimits:
         cfg = self.bot.config.images
@@ -116,16 +129,21 @@ class Imagine(commands.Cog):
         interaction: discord.Interaction,
         request: ImagineRequest,
         init_image: discord.Attachment | None = None,
+        image_prompt: tuple[discord.Attachment, float] | None = None,
     ) -> None:
-        """Defer, then queue. An init image's declared size is checked before deferring (no download);
-        its bytes are read after (a slow download must not pass Discord's 3 s), capped and decoded; an
+        """Defer, then queue. Attachments' declared sizes are checked before deferring (no download);
+        their bytes are read after (a slow download must not pass Discord's 3 s), capped and decoded; an
         error then removes the public "thinking…" and is answered privately (bot/errors.py)."""
-        if init_image is not None:
-            check_declared(init_image, self._image_limits())
+        for attachment in (init_image, image_prompt and image_prompt[0]):
+            if attachment is not None:
+                check_declared(attachment, self._image_limits())
         response = await interaction.response.defer(thinking=True)
         if init_image is not None:
             data = await read_image(init_image, self._image_limits())
             request = dataclasses.replace(request, init_image=data)
+        if image_prompt is not None:
+            data = await read_image(image_prompt[0], self._image_limits())
+            request = dataclasses.replace(request, image_prompts=((data, image_prompt[1]),))
         await self.submit(interaction, request, getattr(response, "message_id", None))
 
     async def submit(
