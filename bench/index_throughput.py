@@ -2,7 +2,7 @@
 
     python bench/index_throughput.py [--arch toy|ViT-B-32] [--n 256] [--batch 32] [--repeats 3]
 
-Ours is what bot/find_index.py does with downloaded bytes: per image `load_image` and `image_sha256` and a
+Ours is what bot/find/ (its scans) does with downloaded bytes: per image `load_image` and `image_sha256` and a
 `missing_vectors` check; per batch `Clip.encode_images` and `put_vectors`; per item an `upsert`. Every run
 writes under a new model id and scope, so each one indexes from scratch. The bare loop starts from the
 same images already decoded: preprocess → encode_image → normalise. Downloads are excluded from both.
