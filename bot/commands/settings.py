@@ -173,7 +173,7 @@ class SettingsCog(commands.Cog, name="Settings"):
                     store.set_guild(gid, key, value)
 
             await asyncio.to_thread(apply)
-            self._tell_find(guild.id, find_exclude, find_include)
+            await self._tell_find(guild.id, find_exclude, find_include)
             log.info("server %s settings changed by %s: %s", gid, interaction.user.id, sorted(checked))
         embed = server_embed(self.bot.guild_config(guild.id), store.guild(gid))
         await interaction.response.send_message(embed=embed, ephemeral=True)
@@ -224,7 +224,7 @@ class SettingsCog(commands.Cog, name="Settings"):
             changes["find_excluded"] = excluded
         return changes
 
-    def _tell_find(
+    async def _tell_find(
         self,
         guild_id: int,
         exclude: discord.abc.GuildChannel | None,
@@ -238,7 +238,7 @@ class SettingsCog(commands.Cog, name="Settings"):
             return
         for channel, excluded in ((exclude, True), (include, False)):
             if channel is not None:
-                set_excluded(guild_id, channel.id, excluded)
+                await set_excluded(guild_id, channel.id, excluded)
 
 
 async def setup(bot: IrisBot) -> None:

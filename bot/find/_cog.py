@@ -51,8 +51,10 @@ class Find(commands.Cog):
     def __init__(self, bot: IrisBot) -> None:
         self.bot = bot
         self.config = bot.config.discord
-        self.index = ImageIndex(bot.config.index.path)
-        self.discord_index = DiscordIndex(bot.config, bot.manager, self.index)
+        self.index = ImageIndex(bot.config.index.path, bot.config.index)
+        self.discord_index = DiscordIndex(
+            bot.config, bot.manager, self.index, lambda gid: bot.guild_config(gid).find_excluded
+        )
 
     @commands.Cog.listener()
     async def on_ready(self) -> None:

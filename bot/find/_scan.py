@@ -80,8 +80,16 @@ def is_excluded(channel: Any, exclusions: set[str]) -> bool:
 
 
 class DiscordIndex:
-    def __init__(self, config: Config, manager: InferenceManager, index: ImageIndex) -> None:
+    def __init__(
+        self,
+        config: Config,
+        manager: InferenceManager,
+        index: ImageIndex,
+        guild_excluded: Callable[[int | None], Iterable[str]] | None = None,
+    ) -> None:
         self.config = config
+        # A server's excluded channels by config and /settings (the bot's guild_config); default: config.
+        self._guild_excluded = guild_excluded or self._configured_exclusions
         self.manager = manager
         self.index = index
         dc = config.discord
@@ -109,9 +117,12 @@ class DiscordIndex:
 
     async def exclusions(self, guild_id: int | None) -> set[str]:
         """Channel ids kept out of /find in a server: by the config or by an admin (/find-exclude)."""
-        gcfg = self.config.discord.guilds.get(str(guild_id))
-        configured = set(gcfg.find_excluded) if gcfg else set()
+        configured = set(self._guild_excluded(guild_id))
         return configured | await asyncio.to_thread(self.index.excluded, f"discord:{guild_id or 0}:")
+
+    def _configured_exclusions(self, guild_id: int | None) -> list[str]:
+        gcfg = self.config.discord.guilds.get(str(guild_id))
+        return list(gcfg.find_excluded) if gcfg else []
 
     async def excluded(self, guild_id: int | None, channel: Any) -> bool:
         return is_excluded(channel, await self.exclusions(guild_id))

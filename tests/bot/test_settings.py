@@ -133,9 +133,11 @@ async def test_find_exclusions_from_settings_reach_find(w, boss):
         assert bot.guild_config(w.guild.id).find_excluded == [str(other.id)]
         index = bot.get_cog("Find").discord_index
         channel = bot.get_channel(other.id)
-        assert index.excluded(w.guild.id, channel)
+        assert await index.excluded(w.guild.id, channel)
         await answer(w, "settings server", boss, find_include=other)
-        assert bot.guild_config(w.guild.id).find_excluded == [] and not index.excluded(w.guild.id, channel)
+        assert bot.guild_config(w.guild.id).find_excluded == [] and not await index.excluded(
+            w.guild.id, channel
+        )
 
 
 async def test_imagine_channels_set_here_apply_at_once_and_must_exist(w, boss):
