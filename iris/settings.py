@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from iris.errors import BadRequest
 from iris.labels import check_labels
+from iris.request import PROFILES
 from iris.sqlite import connect, transaction
 
 USER, GUILD = "user", "guild"  # the two kinds of owner
@@ -104,7 +105,7 @@ def _flag(value: Any) -> bool:
 # What each kind may store, and the check of each value. Server keys are GuildConfig's field names.
 _CHECKS: dict[str, dict[str, Any]] = {
     USER: {"steps": _steps, "aspect": _choice(ASPECTS), "generator": _choice(GENERATORS),
-           "private_classify": _flag},
+           "profile": _choice(PROFILES), "private_classify": _flag},
     GUILD: {"imagine_channels": _channel_ids, "max_queued_per_user": _cap, "default_labels": _labels,
             "banned_prompts": _patterns, "find_excluded": _channel_ids},
 }  # fmt: skip
@@ -117,6 +118,7 @@ class UserSettings:
     steps: int | None = None  # /imagine steps when the command does not say
     aspect: str | None = None  # /imagine picture shape: square, landscape or portrait
     generator: str | None = None  # /imagine generator: vqgan or pixels
+    profile: str | None = None  # /imagine cutout recipe: classic, iris or none
     private_classify: bool = False  # /classify answers only to this person (ephemeral)
 
 

@@ -20,6 +20,7 @@ from bot.errors import Refused
 from iris.config import GuildConfig
 from iris.errors import BadRequest
 from iris.labels import parse_labels
+from iris.request import PROFILES
 from iris.settings import Settings, UserSettings, check
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ def me_embed(mine: UserSettings, bot: IrisBot) -> discord.Embed:
     embed.add_field(name="Steps", value=str(mine.steps or f"{im.steps} (default)"))
     embed.add_field(name="Aspect", value=mine.aspect or "square (default)")
     embed.add_field(name="Generator", value=mine.generator or f"{im.generator} (default)")
+    embed.add_field(name="Recipe", value=mine.profile or f"{im.profile} (default)")
     embed.add_field(
         name="/classify answers", value="only to you" if mine.private_classify else "in the channel"
     )
@@ -90,12 +92,14 @@ class SettingsCog(commands.Cog, name="Settings"):
         steps="/imagine steps when you don't say",
         aspect="/imagine picture shape when you don't say",
         generator="/imagine generator when you don't say",
+        profile="/imagine cutout recipe when you don't say",
         private_classify="true: /classify answers only you",
         reset="true: forget all your defaults",
     )
     @app_commands.choices(
         aspect=[app_commands.Choice(name=n, value=n) for n in ("square", "landscape", "portrait")],
         generator=[app_commands.Choice(name=n, value=n) for n in ("vqgan", "pixels")],
+        profile=[app_commands.Choice(name=n, value=n) for n in PROFILES],
     )
     async def me(
         self,
@@ -103,6 +107,7 @@ class SettingsCog(commands.Cog, name="Settings"):
         steps: app_commands.Range[int, 1, 10_000] | None = None,
         aspect: str | None = None,
         generator: str | None = None,
+        profile: str | None = None,
         private_classify: bool | None = None,
         reset: bool = False,
     ) -> None:
@@ -112,12 +117,17 @@ class SettingsCog(commands.Cog, name="Settings"):
             raise BadRequest(f"steps must be between 1 and {max_steps} here")
         if generator == "vqgan" and not self.bot.manager.engine.has_vqgan:
             raise BadRequest("this bot has no VQGAN model: only the pixels generator works here")
-        changes: dict[str, Any] = {"steps": steps, "aspect": aspect, "generator": generator}
+        changes: dict[str, Any] = {
+            "steps": steps,
+            "aspect": aspect,
+            "generator": generator,
+            "profile": profile,
+        }
         changes = {k: v for k, v in changes.items() if v is not None}
         if private_classify is not None:
             changes["private_classify"] = private_classify
         if reset:
-            changes = dict.fromkeys(("steps", "aspect", "generator", "private_classify"))
+            changes = dict.fromkeys(("steps", "aspect", "generator", "profile", "private_classify"))
 
         def apply() -> UserSettings:
             for key, value in changes.items():

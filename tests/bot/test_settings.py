@@ -40,15 +40,17 @@ async def queued_steps(w, bot, member) -> int:
 async def test_a_users_default_steps_apply_to_their_next_imagine_only(w):
     async with w.bot() as bot:
         bot.manager.step_hook = StepGate()  # the jobs stay queued/running: only their requests matter
-        reply = await answer(w, "settings me", w.alice, steps=3, aspect="landscape")
+        reply = await answer(w, "settings me", w.alice, steps=3, aspect="landscape", profile="none")
         assert reply.ephemeral and w.fake.viewers(reply) == {w.alice.id}
-        assert fields(reply)["Steps"] == "3"
+        assert fields(reply)["Steps"] == "3" and fields(reply)["Recipe"] == "none"
         await w.fake.invoke_slash("imagine", user=w.alice, channel=w.channel, prompt="a red circle")
         assert await queued_steps(w, bot, w.alice) == 3
         entry = bot.manager.journal.of_owner(str(w.alice.id), 1)[0]
         assert (entry.request.width, entry.request.height) == (64, 48)  # landscape
+        assert entry.request.profile == "none"
         await w.fake.invoke_slash("imagine", user=w.bob, channel=w.channel, prompt="a red circle")
         assert await queued_steps(w, bot, w.bob) == 8  # the config's, for someone who set nothing
+        assert bot.manager.journal.of_owner(str(w.bob.id), 1)[0].request.profile == "iris"
         await w.fake.invoke_slash("imagine", user=w.alice, channel=w.channel, prompt="a blue square", steps=5)
         await w.fake.wait_for(lambda: bot.manager.journal.of_owner(str(w.alice.id), 1)[0].request.steps == 5)
 

@@ -91,7 +91,7 @@ class Imagine(commands.Cog):
             height=size[1],
             generator=generator or mine.generator,
             count=count,
-            profile=profile,
+            profile=profile or mine.profile,
         )  # validates: answers privately before deferring
         if image_prompt is None and image_weight is not None:
             raise BadRequest("image_weight goes with an image_prompt")
