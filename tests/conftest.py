@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
+
+
+@pytest.fixture(autouse=True)
+def _hub_offline_stays_in_its_test(monkeypatch):
+    """In-process CLI runs of offline configs set HF_HUB_OFFLINE (and the hub's constant) for the whole
+    process, as they should for a real run; in the test process each test starts from the original."""
+    for var in ("HF_HUB_OFFLINE", "IRIS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
 
 
 @pytest.fixture(scope="session")
