@@ -18,7 +18,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -259,17 +259,7 @@ class Generation:
 
         The loss is read (a wait for the device) every `loss_every` steps and on the last one; other
         steps report NaN."""
-        stopped = False
-        while not self.done:
-            if should_stop is not None and should_stop():
-                stopped = True
-                break
-            t0 = time.perf_counter()
-            nxt = self.steps_done + 1
-            loss = self.step(read_loss=nxt % max(1, loss_every) == 0 or nxt == self.total)
-            if on_step is not None:
-                on_step(StepInfo(self.steps_done, self.total, loss, time.perf_counter() - t0))
-        return self.result(stopped)
+        return run_steps(self, on_step, should_stop, loss_every)
 
     @torch.no_grad()
     def result(self, stopped: bool = False) -> ImagineResult:
@@ -370,3 +360,35 @@ def png_bytes(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
+
+
+class Steppable(Protocol):
+    """What `run_steps` drives: a Generation, or a group of them (models/group.py)."""
+
+    steps_done: int
+    total: int
+
+    @property
+    def done(self) -> bool: ...
+    def step(self, *, read_loss: bool = True) -> float: ...
+    def result(self, stopped: bool = False) -> ImagineResult: ...
+
+
+def run_steps(
+    gen: Steppable,
+    on_step: Callable[[StepInfo], None] | None,
+    should_stop: Callable[[], bool] | None,
+    loss_every: int,
+) -> ImagineResult:
+    """The one stepping loop of a standalone run (the CLI): step until done or `should_stop()`."""
+    stopped = False
+    while not gen.done:
+        if should_stop is not None and should_stop():
+            stopped = True
+            break
+        t0 = time.perf_counter()
+        nxt = gen.steps_done + 1
+        loss = gen.step(read_loss=nxt % max(1, loss_every) == 0 or nxt == gen.total)
+        if on_step is not None:
+            on_step(StepInfo(gen.steps_done, gen.total, loss, time.perf_counter() - t0))
+    return gen.result(stopped)

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import time
 from collections.abc import Callable
 
 from PIL import Image
 
 from iris.grid import make_grid, picture_seed
 from iris.request import ImagineRequest
-from models.generate import Generation, ImagineResult, StepInfo
+from models.generate import Generation, ImagineResult, StepInfo, run_steps
 
 
 class GroupGeneration:
@@ -78,17 +77,7 @@ class GroupGeneration:
     ) -> ImagineResult:
         """Step until done or until `should_stop()` is true (checked between steps); the loss is read
         every `loss_every` steps and on the last one (other steps report NaN)."""
-        stopped = False
-        while not self.done:
-            if should_stop is not None and should_stop():
-                stopped = True
-                break
-            t0 = time.perf_counter()
-            nxt = self.steps_done + 1
-            loss = self.step(read_loss=nxt % max(1, loss_every) == 0 or nxt == self.total)
-            if on_step is not None:
-                on_step(StepInfo(self.steps_done, self.total, loss, time.perf_counter() - t0))
-        return self.result(stopped)
+        return run_steps(self, on_step, should_stop, loss_every)
 
     def result(self, stopped: bool = False) -> ImagineResult:
         """The grid of every picture (stopped early: those made, and the one in progress as it stands);
