@@ -20,7 +20,7 @@ import yaml
 
 from iris.errors import BadRequest, ConfigError
 from iris.labels import check_labels
-from iris.request import PROFILES
+from iris.request import GENERATORS, PROFILES
 
 MAX_CONFIG_BYTES = 2**20  # a config file is a few KiB; more is the wrong file
 
@@ -308,7 +308,7 @@ _CHOICES = {
     "device": None,
     "precision": ("auto", "fp32", "fp16", "bf16"),
     "classify.templates": ("openai", "simple", "none"),
-    "imagine.generator": ("vqgan", "pixels"),
+    "imagine.generator": GENERATORS,
     "imagine.profile": PROFILES,
 }
 

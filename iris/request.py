@@ -10,6 +10,8 @@ from iris.images import DEFAULT_LIMITS, ImageLimits, load_image
 from iris.prompts import MAX_WEIGHT, parse_prompt
 
 PROFILES = ("iris", "classic", "none")  # cutout recipes, defined in models/recipes.py
+GENERATORS = ("vqgan", "pixels")  # VQGAN latents, or RGB pixels optimised directly
+ASPECTS = ("square", "landscape", "portrait")  # picture shapes a person picks (/imagine, /settings)
 MAX_IMAGE_PROMPTS = 4
 
 
@@ -51,7 +53,7 @@ class ImagineRequest:
             raise BadRequest(f"cutouts must be between 1 and 128, got {self.cutouts}")
         if not 0 < self.lr <= 10:
             raise BadRequest(f"the learning rate must be in (0, 10], got {self.lr}")
-        if self.generator not in ("vqgan", "pixels"):
+        if self.generator not in GENERATORS:
             raise BadRequest(f"generator must be vqgan or pixels, got {self.generator!r}")
         if self.count not in (1, 4):
             raise BadRequest(f"count must be 1 or 4, got {self.count}")

@@ -21,12 +21,10 @@ from typing import Any, Protocol
 
 from iris.errors import BadRequest
 from iris.labels import check_labels
-from iris.request import PROFILES
+from iris.request import ASPECTS, GENERATORS, PROFILES
 from iris.sqlite import connect, transaction
 
 USER, GUILD = "user", "guild"  # the two kinds of owner
-ASPECTS = ("square", "landscape", "portrait")
-GENERATORS = ("vqgan", "pixels")
 MAX_PATTERN_CHARS = 200  # a banned-prompt regex longer than this is refused (bounds matching cost)
 MAX_PATTERNS = 50  # banned-prompt regexes per server
 MAX_CHANNELS = 100  # channel ids in one server list (imagine channels, /find exclusions)

@@ -20,7 +20,7 @@ from bot.errors import Refused
 from iris.config import GuildConfig
 from iris.errors import BadRequest
 from iris.labels import parse_labels
-from iris.request import PROFILES
+from iris.request import ASPECTS, GENERATORS, PROFILES
 from iris.settings import Settings, UserSettings, check
 
 log = logging.getLogger(__name__)
@@ -97,8 +97,8 @@ class SettingsCog(commands.Cog, name="Settings"):
         reset="true: forget all your defaults",
     )
     @app_commands.choices(
-        aspect=[app_commands.Choice(name=n, value=n) for n in ("square", "landscape", "portrait")],
-        generator=[app_commands.Choice(name=n, value=n) for n in ("vqgan", "pixels")],
+        aspect=[app_commands.Choice(name=n, value=n) for n in ASPECTS],
+        generator=[app_commands.Choice(name=n, value=n) for n in GENERATORS],
         profile=[app_commands.Choice(name=n, value=n) for n in PROFILES],
     )
     async def me(

@@ -21,7 +21,7 @@ from bot.progress import ProgressMessage, Requester, View
 from iris.errors import BadRequest, IrisError
 from iris.images import ImageLimits
 from iris.prompts import MAX_WEIGHT
-from iris.request import PROFILES, ImagineRequest
+from iris.request import ASPECTS, GENERATORS, PROFILES, ImagineRequest
 from iris.settings import banned_pattern
 from models.events import Cancelled, Done, Failed, Progress, Queued, Started
 from models.handle import JobHandle
@@ -62,8 +62,8 @@ class Imagine(commands.Cog):
         image_weight="how strongly to steer towards image_prompt (negative: away); default 1",
     )
     @app_commands.choices(
-        aspect=[app_commands.Choice(name=n, value=n) for n in ("square", "landscape", "portrait")],
-        generator=[app_commands.Choice(name=n, value=n) for n in ("vqgan", "pixels")],
+        aspect=[app_commands.Choice(name=n, value=n) for n in ASPECTS],
+        generator=[app_commands.Choice(name=n, value=n) for n in GENERATORS],
         profile=[app_commands.Choice(name=n, value=n) for n in PROFILES],
     )
     async def imagine(
