@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 from typing import Any
 
@@ -29,6 +30,19 @@ EXTENSIONS = (
     "bot.commands.history",
     "bot.commands.describe",
 )
+
+
+def settle_heap() -> None:
+    """Keep what start-up loaded out of later garbage collections.
+
+    torch, open_clip, timm and discord.py leave ~400,000 objects (functions, types, module dicts) that live
+    as long as the process. Every full collection walked them all while holding the GIL: ~250 ms with the
+    event loop frozen, which a /find scan's allocations triggered every few seconds. Start-up's garbage is
+    collected once here, then the survivors are frozen (gc.freeze): later collections look only at objects
+    made since, so they stay short. Frozen objects are still freed when their last reference goes.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 # Iris never joins voice: no warnings about missing voice libraries.
@@ -66,6 +80,8 @@ class IrisBot(commands.Bot):
         for ext in EXTENSIONS:
             await self.load_extension(ext)
         await self.sync_commands()
+        if self.serve:
+            settle_heap()
 
     async def sync_commands(self) -> None:
         if self.sync_global:
