@@ -174,7 +174,7 @@ def test_dockerignore_keeps_out_environments_caches_state_and_secrets():
         "pyproject.toml",
         "constraints.txt",
         "README.md",
-        "iris/cli.py",
+        "iris/cli/__init__.py",
         "bot/run.py",
         "models/toy/iris-toy-clip.safetensors",
         "models/toy/iris-toy-vqgan.yaml",
