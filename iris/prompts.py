@@ -20,20 +20,22 @@ _WEIGHT = re.compile(
 
 
 @dataclass(frozen=True)
-class Weighted:
+class PromptPart:
+    """One `text:weight[:stop]` part (of a prompt, or a /find query term, which ignores `stop`)."""
+
     text: str
-    weight: float = 1.0
-    stop: float = -math.inf  # only prompts use it: stop pulling once closer than this
+    weight: float = 1.0  # < 0 pushes the image away from this text
+    stop: float = -math.inf  # stop pulling once the spherical distance is below this
 
 
-def split_weight(raw: str) -> Weighted:
+def split_weight(raw: str) -> PromptPart:
     """`"a fox:2"` → (a fox, 2); `"a fox:2:0.3"` → with stop 0.3; `"photo: a fox"` stays one text.
 
     Raises BadRequest for a weight that is not a usable number."""
     raw = raw.strip()
     m = _WEIGHT.match(raw)
     if not (m and m.group("text").strip()):
-        return Weighted(raw)
+        return PromptPart(raw)
     text, w, stop = m.group("text").strip(), float(m.group("w")), m.group("stop")
     if not math.isfinite(w) or abs(w) > MAX_WEIGHT:
         raise BadRequest(
@@ -42,14 +44,7 @@ def split_weight(raw: str) -> Weighted:
     s = float(stop) if stop else -math.inf
     if stop and stop != "-inf" and (not math.isfinite(s) or abs(s) > 10):
         raise BadRequest(f"the stop value of {text[:40]!r} must be between -10 and 10")
-    return Weighted(text, w, s)
-
-
-@dataclass(frozen=True)
-class PromptPart:
-    text: str
-    weight: float = 1.0  # < 0 pushes the image away from this text
-    stop: float = -math.inf  # stop pulling once the spherical distance is below this
+    return PromptPart(text, w, s)
 
 
 def parse_prompt(prompt: str, max_chars: int = 500, max_parts: int = 8) -> list[PromptPart]:
@@ -60,8 +55,7 @@ def parse_prompt(prompt: str, max_chars: int = 500, max_parts: int = 8) -> list[
     for raw in prompt.split("|"):
         if not raw.strip():
             continue
-        w = split_weight(raw)
-        parts.append(PromptPart(w.text, w.weight, w.stop))
+        parts.append(split_weight(raw))
     if not parts:
         raise BadRequest("the prompt is empty")
     if len(parts) > max_parts:
