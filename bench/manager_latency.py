@@ -23,7 +23,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from iris.config import parse_config
 from iris.request import ImagineRequest
-from models.events import Progress
+from iris.service.events import Progress
 from models.manager import InferenceManager
 from models.toy import world
 

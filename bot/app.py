@@ -14,9 +14,8 @@ from discord.ext import commands
 from bot.errors import on_tree_error
 from bot.i18n import Translator
 from iris.config import Config, GuildConfig
+from iris.service import Manager, open_manager
 from iris.settings import Settings, SqliteSettings, UserSettings
-from models.engine import Engine
-from models.manager import InferenceManager
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +53,20 @@ class IrisBot(commands.Bot):
     def __init__(
         self,
         config: Config,
-        engine: Engine | None = None,
+        engine: Any = None,
         sync_global: bool = False,
         serve: bool = True,
         **kwargs: Any,
     ) -> None:
-        """`serve`: False to only push the commands (`iris sync`): no inference manager, no journal."""
+        """`engine`: a models.engine.Engine to run in this process (tests); `serve`: False to only push the
+        commands (`iris sync`): no inference manager, no journal."""
         intents = discord.Intents.default()
         intents.message_content = True  # /find reads attachments and embeds of past messages
         # Prompts, labels and file names are echoed back: none of their @mentions may ping anyone.
         kwargs.setdefault("allowed_mentions", discord.AllowedMentions.none())
         super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None, **kwargs)
         self.config = config
-        self.manager = InferenceManager(config, engine)
+        self.manager: Manager = open_manager(config, engine)
         self.sync_global = sync_global
         self.serve = serve
         self.settings: Settings | None = None  # /settings; opened by setup_hook when serving
@@ -109,7 +109,7 @@ class IrisBot(commands.Bot):
         mine = await asyncio.to_thread(self.settings.user, str(user_id))
         # What the bot's config allows now (it may have changed since they were set).
         steps = min(mine.steps, self.config.imagine.max_steps) if mine.steps else None
-        generator = mine.generator if mine.generator != "vqgan" or self.manager.engine.has_vqgan else None
+        generator = mine.generator if mine.generator != "vqgan" or self.manager.has_vqgan else None
         return dataclasses.replace(mine, steps=steps, generator=generator)
 
     async def close(self) -> None:

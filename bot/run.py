@@ -54,7 +54,7 @@ async def run_bot(config: Config, token: str, sync_global: bool = False) -> None
     bot = IrisBot(config, sync_global=sync_global)
     try:
         # Load the models before connecting: missing weights fail now, with their one-line message.
-        await asyncio.to_thread(lambda: (bot.manager.engine.clip, bot.manager.engine.vqgan))
+        await bot.manager.warm_up()
         await serve(bot, token)
     except discord.LoginFailure as e:
         raise StartupError(

@@ -12,7 +12,6 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGE
 from PIL import Image
 
 from iris.errors import BadRequest, WeightsCorrupt, WeightsUnavailable
+from iris.service.results import Prediction
 from models.device import autocast, resolve_device, resolve_dtype
 from models.toy import TOY_CLIP_NAME, TOY_CLIP_WEIGHTS, TOY_DIR
 
@@ -35,12 +35,6 @@ TEMPLATE_SETS: dict[str, Sequence[Template]] = {
     "simple": SIMPLE_IMAGENET_TEMPLATES,  # 7 prompts
     "none": (lambda c: c,),  # the label as written
 }
-
-
-@dataclass(frozen=True)
-class Prediction:
-    label: str
-    probability: float
 
 
 class Clip:

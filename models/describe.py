@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from iris.service.results import Description, Phrase
 from models.clip import Clip
 
 log = logging.getLogger(__name__)
@@ -27,19 +28,6 @@ VOCABULARY_PATH = Path(__file__).with_name("vocabulary.txt")
 SAME_PHRASE_COS = 0.95  # text embeddings at least this close count as one phrase for the model
 PROMPT_PARTS = (("shapes", "objects"), ("scenes",), ("styles",), ("media",))  # one phrase from each, in order
 MAX_MODELS = 4  # vocabulary embeddings kept in memory (one per CLIP model id)
-
-
-@dataclass(frozen=True)
-class Phrase:
-    text: str
-    category: str  # shapes | objects | scenes | styles | media | colours
-    score: float  # probability over the vocabulary (softmax at the model's logit scale)
-
-
-@dataclass(frozen=True)
-class Description:
-    phrases: list[Phrase]  # the best few, best first
-    prompt: str  # a ready /imagine prompt built from the best phrase of each part
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,14 @@ from iris.errors import BadRequest, IrisError
 from iris.images import ImageLimits
 from iris.labels import check_labels
 from iris.request import ImagineRequest
-from models.clip import Clip, Prediction, load_clip
-from models.describe import Describer, Description
+from iris.service.results import Description, Prediction, Upscaled
+from models.clip import Clip, load_clip
+from models.describe import Describer
 from models.device import resolve_device, resolve_imagine
 from models.generate import Generation, create_generation
 from models.group import GroupGeneration
 from models.toy import TOY_VQGAN_CONFIG, TOY_VQGAN_WEIGHTS
-from models.upscale import SuperResolution, Upscaled, load_upscaler, upscale
+from models.upscale import SuperResolution, load_upscaler, upscale
 from models.vqgan import VQGAN, load_vqgan
 
 log = logging.getLogger(__name__)

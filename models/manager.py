@@ -32,16 +32,14 @@ from iris.errors import (
     report_unexpected,
 )
 from iris.images import ImageLimits, load_image
+from iris.journal import JobState, Journal, JournalEntry
 from iris.request import ImagineRequest
-from models.clip import Prediction
-from models.describe import Description
+from iris.service.events import Cancelled
+from iris.service.handle import JobHandle, JobSummary, ManagerStatus
+from iris.service.results import Description, Prediction, Upscaled
 from models.engine import Engine
-from models.events import Cancelled
 from models.generate import Generation
-from models.handle import JobHandle, JobSummary, ManagerStatus
-from models.journal import JobState, Journal, JournalEntry
 from models.short_jobs import ShortJob
-from models.upscale import Upscaled
 from models.worker import GenJob, WorkerThread, total_steps
 
 log = logging.getLogger(__name__)
@@ -87,6 +85,16 @@ class InferenceManager(WorkerThread):
         if self._journal is None:
             raise ServiceClosed("the inference manager is not running")
         return self._journal
+
+    @property
+    def has_vqgan(self) -> bool:
+        return self.engine.has_vqgan
+
+    def make_request(self, prompt: str, **overrides: object) -> ImagineRequest:
+        return self.engine.request(prompt, **overrides)
+
+    async def warm_up(self) -> None:
+        await asyncio.to_thread(lambda: (self.engine.clip, self.engine.vqgan))
 
     async def start(self) -> None:
         """Open the journal (JournalLocked if another manager owns it) and start the worker."""
@@ -260,7 +268,7 @@ class InferenceManager(WorkerThread):
                         f"you already have {active} generation{'s' * (active > 1)} queued or running "
                         f"(the limit is {limit}); wait for one to finish or cancel it"
                     )
-            handle = JobHandle(self, job_id, owner, request)
+            handle = JobHandle(self._cancel, job_id, owner, request)
             job = GenJob(job_id, owner, request, handle)
             try:
                 self.journal.add(job_id, owner, request, meta or {})

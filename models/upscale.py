@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,19 +13,12 @@ import torch
 from PIL import Image
 
 from iris.errors import WeightsCorrupt, WeightsUnavailable
+from iris.service.results import Upscaled
 
 log = logging.getLogger(__name__)
 
 FACTOR = 2  # the side is doubled
 LANCZOS_LABEL = "upscaled with Lanczos (no super-resolution model installed)"
-
-
-@dataclass(frozen=True)
-class Upscaled:
-    png: bytes  # the upscaled picture, PNG
-    width: int  # px
-    height: int  # px
-    label: str  # how it was made, for people: the model's name, or the Lanczos fallback
 
 
 class SuperResolution:

@@ -23,13 +23,13 @@ import torch
 
 from iris.config import Config
 from iris.errors import IrisError, JobTimedOut, OutOfMemory, internal_error, report_unexpected
+from iris.journal import JobState, Journal
 from iris.request import ImagineRequest
+from iris.service.events import Cancelled, Done, Event, Failed, Progress, Queued, Started
+from iris.service.handle import JobHandle
 from models.engine import Engine
-from models.events import Cancelled, Done, Event, Failed, Progress, Queued, Started
 from models.generate import Generation, png_bytes
 from models.group import AnyGeneration
-from models.handle import JobHandle
-from models.journal import JobState, Journal
 from models.short_jobs import ShortJob, run_batch, take_batch
 
 log = logging.getLogger(__name__)

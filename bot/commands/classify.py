@@ -15,7 +15,7 @@ from bot.errors import reply_error
 from iris.errors import BadImage
 from iris.images import ImageLimits, check_size, image_name, looks_like_image
 from iris.labels import check_labels, parse_labels
-from models.clip import Prediction
+from iris.service.results import Prediction
 
 log = logging.getLogger(__name__)
 

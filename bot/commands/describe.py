@@ -12,7 +12,7 @@ from bot.delivery import retrying
 from bot.errors import reply_error
 from iris.errors import BadImage
 from iris.images import ImageLimits, check_size, image_name, looks_like_image
-from models.describe import Description
+from iris.service.results import Description
 
 COLOUR = 0x57F287
 

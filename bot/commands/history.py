@@ -19,7 +19,7 @@ from discord.ext import commands
 from bot.app import IrisBot
 from bot.errors import Refused
 from bot.progress import fit_image
-from models.journal import JobState, JournalEntry
+from iris.journal import JobState, JournalEntry
 
 from .imagine._views import final_view, result_embed
 

@@ -115,7 +115,7 @@ class SettingsCog(commands.Cog, name="Settings"):
         max_steps = self.bot.config.imagine.max_steps
         if steps is not None and steps > max_steps:
             raise BadRequest(f"steps must be between 1 and {max_steps} here")
-        if generator == "vqgan" and not self.bot.manager.engine.has_vqgan:
+        if generator == "vqgan" and not self.bot.manager.has_vqgan:
             raise BadRequest("this bot has no VQGAN model: only the pixels generator works here")
         changes: dict[str, Any] = {
             "steps": steps,

@@ -29,7 +29,7 @@ from iris.config import Config
 from iris.errors import BadImage
 from iris.images import ImageLimits, image_sha256, load_image
 from iris.index import ImageIndex, ScanState
-from models.manager import InferenceManager
+from iris.service import Manager
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class DiscordIndex:
     def __init__(
         self,
         config: Config,
-        manager: InferenceManager,
+        manager: Manager,
         index: ImageIndex,
         guild_excluded: Callable[[int | None], Iterable[str]] | None = None,
     ) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.journal import JobState
+from iris.journal import JobState
 from models.toy import world
 from tests.bot.conftest import StepGate, bomb, final_of, has_button, is_final, png, posted_final, title
 from tests.fake_discord.models import (

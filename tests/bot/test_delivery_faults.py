@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 
 from bot.commands.imagine._restart import _resume
-from models.journal import JobState
+from iris.journal import JobState
 from models.toy import world
 from tests.bot.conftest import StepGate, final_of, has_button, is_final, png, title
 from tests.bot.test_delivery import job_id, pictures, until_step_6

@@ -28,10 +28,10 @@ from iris.errors import (
     ServiceClosed,
     UserLimitReached,
 )
+from iris.journal import JobState, JournalLocked
 from iris.request import ImagineRequest
+from iris.service.events import Cancelled, Done, Failed, Progress, Queued, Started
 from models.engine import Engine
-from models.events import Cancelled, Done, Failed, Progress, Queued, Started
-from models.journal import JobState, JournalLocked
 from models.manager import InferenceManager
 from models.toy import world
 

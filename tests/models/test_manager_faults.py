@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from iris.errors import IrisError, JobCancelled, ServiceClosed
+from iris.journal import JobState
 from models.engine import Engine
-from models.journal import JobState
 from tests.models.test_manager import Gate, _config, _manager, req
 
 

@@ -22,9 +22,9 @@ from iris.errors import BadRequest, IrisError
 from iris.images import ImageLimits
 from iris.prompts import MAX_WEIGHT
 from iris.request import ASPECTS, GENERATORS, PROFILES, ImagineRequest
+from iris.service.events import Cancelled, Done, Failed, Progress, Queued, Started
+from iris.service.handle import JobHandle
 from iris.settings import banned_pattern
-from models.events import Cancelled, Done, Failed, Progress, Queued, Started
-from models.handle import JobHandle
 
 from ._restart import after_restart
 from ._views import buttons, final_view, job_embed, result_embed, thread_name
@@ -83,7 +83,7 @@ class Imagine(commands.Cog):
         self.check_allowed(interaction, prompt)
         mine = await self.bot.user_settings(interaction.user.id)  # /settings me: what was not said here
         size = self._size(aspect or mine.aspect)
-        request = self.bot.manager.engine.request(
+        request = self.bot.manager.make_request(
             prompt,
             steps=steps or mine.steps,
             seed=seed,

@@ -18,7 +18,7 @@ from PIL import Image
 from bot.delivery import retrying
 from bot.errors import Refused, reply_error
 from iris.grid import cell, picture_seed
-from models.journal import JournalEntry
+from iris.journal import JournalEntry
 
 from ._views import job_embed
 

@@ -14,7 +14,7 @@ import discord
 from bot.errors import Refused
 from bot.progress import ProgressMessage, View
 from iris.errors import IrisError, ServiceClosed
-from models.journal import JournalEntry
+from iris.journal import JournalEntry
 
 from ._views import buttons, final_view, job_embed, result_embed
 

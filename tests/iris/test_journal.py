@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from iris.errors import BadFile
+from iris.journal import JobState, Journal, JournalLocked
 from iris.request import ImagineRequest
-from models.journal import JobState, Journal, JournalLocked
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,7 +72,7 @@ def test_every_request_field_survives_a_round_trip(tmp_path):
 
 
 def test_tuples_of_bytes_and_nested_values_round_trip(journal):
-    from models.journal import _decode, _encode
+    from iris.journal import _decode, _encode
 
     value = {"prompts": ((b"\x01\x02", 0.5), (b"", -1.0)), "list": [b"x", None, True, "s"]}
     blobs: list[bytes] = []
@@ -142,9 +142,9 @@ class _LaterRequest(ImagineRequest):
 
 
 def test_a_request_field_added_later_round_trips_without_journal_changes(tmp_path, monkeypatch):
-    import models.journal
+    import iris.journal
 
-    monkeypatch.setattr(models.journal, "ImagineRequest", _LaterRequest)
+    monkeypatch.setattr(iris.journal, "ImagineRequest", _LaterRequest)
     req = _LaterRequest(
         "x",
         seed=3,
@@ -164,7 +164,7 @@ def test_a_request_field_added_later_round_trips_without_journal_changes(tmp_pat
 
 _HOLD = """
 import sys, time
-from models.journal import Journal
+from iris.journal import Journal
 held = Journal(sys.argv[1])
 print("locked", flush=True)
 time.sleep(60)

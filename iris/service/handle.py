@@ -1,19 +1,15 @@
-"""The caller's side of the inference manager: job handles and status records (plain data)."""
+"""The caller's side of the inference manager: job handles and status records (plain data, no torch)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from iris.errors import JobCancelled
+from iris.journal import JobState
 from iris.request import ImagineRequest
-from models.events import TERMINAL, Cancelled, Done, Event, Failed
-from models.journal import JobState
-
-if TYPE_CHECKING:
-    from models.manager import InferenceManager
+from iris.service.events import TERMINAL, Cancelled, Done, Event, Failed
 
 
 @dataclass(frozen=True)
@@ -39,11 +35,14 @@ class ManagerStatus:
 class JobHandle:
     """The caller's side of one generation job. Use from the event loop's thread."""
 
-    def __init__(self, manager: InferenceManager, job_id: str, owner: str, request: ImagineRequest) -> None:
+    def __init__(
+        self, cancel: Callable[[str], bool], job_id: str, owner: str, request: ImagineRequest
+    ) -> None:
+        """`cancel(job_id)`: the manager's way to stop this job (in this process, or sent to a worker)."""
         self.id = job_id
         self.owner = owner
         self.request = request
-        self._manager = manager
+        self._cancel = cancel
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._future: asyncio.Future[Done] = asyncio.get_running_loop().create_future()
         self._future.add_done_callback(lambda f: f.cancelled() or f.exception())  # never "not retrieved"
@@ -59,7 +58,7 @@ class JobHandle:
 
     def cancel(self) -> bool:
         """Remove the job from the queue, or stop it within one step. False if it already ended."""
-        return self._manager._cancel(self.id)
+        return self._cancel(self.id)
 
     async def result(self) -> Done:
         """The Done event; raises the job's error if it failed or was cancelled."""
