@@ -170,6 +170,11 @@ class ManagerConfig:
     retention_days: Annotated[float, Range(ge=0)] = (
         30.0  # days a finished job (with its pictures and init image) stays in the journal; 0: forever
     )
+    backend: str = "local"  # "local": the device work runs on this machine, no broker; "nats": on workers
+    isolate: bool = True  # local: run the device work in a child process, replaced when it hangs or dies
+    watchdog_grace_s: PositiveFloat = (
+        30.0  # a step silent past the job's deadline plus this grace (or this long for a short job) is hung
+    )
 
 
 @dataclass(frozen=True)
@@ -215,6 +220,10 @@ class DiscordConfig:
     find_answer_after_s: Annotated[float, Range(gt=0, le=600)] = (
         5.0  # /find waits this long for indexing, then answers with what is indexed (< the 15 min token)
     )
+    shard_count: Positive | None = None  # gateway shards in all (None: one connection, or Discord's advice)
+    shard_ids: list[Annotated[int, Range(ge=0)]] = field(
+        default_factory=list
+    )  # the shards this process runs ([]: all of shard_count); two processes can each take half
 
 
 @dataclass(frozen=True)
@@ -229,6 +238,15 @@ class IndexConfig:
     tombstone_days: PositiveFloat = 7.0  # deleted messages remembered: a racing scan can't re-add them
     retention_days: PositiveFloat = 30.0  # saved /find queries and query-image vectors kept
     search_memory_mib: Positive = 4096  # search vectors in RAM; past it, least recent servers dropped
+    url: str | None = None  # postgresql://user:pass@host/db: the index on PostgreSQL + pgvector (shared)
+
+
+@dataclass(frozen=True)
+class NatsConfig:
+    url: str = "nats://127.0.0.1:4222"  # the NATS server (JetStream enabled) of manager.backend: nats
+    prefix: str = "iris"  # names of the streams, subjects and buckets start with it (several bots, one NATS)
+    ack_wait_s: PositiveFloat = 30.0  # a job whose worker stops heart-beating this long goes to another
+    heartbeat_s: PositiveFloat = 5.0  # a worker tells the broker it still runs its job this often
 
 
 @dataclass(frozen=True)
@@ -250,6 +268,7 @@ class Config:
     images: ImagesConfig = field(default_factory=ImagesConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     settings: SettingsConfig = field(default_factory=SettingsConfig)
+    nats: NatsConfig = field(default_factory=NatsConfig)
 
     # the folder holding all state (journal, index, settings, weights cache, heartbeat); None: $IRIS_DATA,
     # else the current folder
@@ -310,6 +329,7 @@ _CHOICES = {
     "classify.templates": ("openai", "simple", "none"),
     "imagine.generator": GENERATORS,
     "imagine.profile": PROFILES,
+    "manager.backend": ("local", "nats"),
 }
 
 
