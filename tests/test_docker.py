@@ -111,14 +111,15 @@ def test_the_healthcheck_reads_the_heartbeat():
 
 def test_compose_reads_the_token_from_env_and_reserves_a_gpu():
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
-    (service,) = compose["services"].values()
+    # `docker compose up` starts the services of no profile: exactly the one bot, as on one machine
+    (service,) = [s for s in compose["services"].values() if not s.get("profiles")]
     env_file = service["env_file"]
     assert ".env" in ([env_file] if isinstance(env_file, str) else env_file)
     assert "DISCORD_TOKEN" not in str(service.get("environment", ""))
     volumes = service["volumes"]
     data = next(v for v in volumes if v.split(":")[1] == "/data")
     assert data.split(":")[0] in compose["volumes"]  # a named volume, kept across rebuilds
-    assert any(v.split(":")[1] == "/config/config.yaml" and v.endswith(":ro") for v in volumes)
+    assert any(v.rsplit(":", 2)[1] == "/config/config.yaml" and v.endswith(":ro") for v in volumes)
     devices = service["deploy"]["resources"]["reservations"]["devices"]
     assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
     assert service["build"] == "."
@@ -202,3 +203,22 @@ def test_the_installed_package_has_every_data_file_the_code_reads():
     for name in (Path(f) for f in shipped if not f.endswith(".py")):
         patterns = data.get(".".join(name.parent.parts), [])
         assert any(name.match(p) for p in patterns), f"{name} is not in pyproject's package-data"
+
+
+def test_the_scale_profile_adds_the_broker_the_database_and_a_gpu_worker():
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    scale = {name: s for name, s in compose["services"].items() if "scale" in s.get("profiles", [])}
+    assert {"nats", "postgres", "worker"} <= set(scale)
+    nats = scale["nats"]
+    assert "-js" in nats["command"]
+    store = nats["command"][nats["command"].index("-sd") + 1]
+    assert any(v.split(":")[1] == store and v.split(":")[0] in compose["volumes"] for v in nats["volumes"])
+    assert "pgvector" in scale["postgres"]["image"]
+    worker = scale["worker"]
+    assert worker["command"][-1] == "worker"
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
+    # the scale config the README names selects the broker and PostgreSQL, with the compose host names
+    config = yaml.safe_load((ROOT / "config.scale.yaml").read_text())
+    assert config["manager"]["backend"] == "nats"
+    assert "//nats:" in config["nats"]["url"] and "@postgres/" in config["index"]["url"]
