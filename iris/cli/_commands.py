@@ -8,7 +8,9 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
+from iris.cli import _remote
 from iris.cli._common import (
     MAX_FIND_K,
     MAX_LR,
@@ -22,6 +24,7 @@ from iris.cli._common import (
     _progress_bar,
 )
 from iris.cli._output import _save_atomic, check_output
+from iris.config import Config
 from iris.errors import BadFile, BadRequest
 from iris.labels import parse_labels
 
@@ -35,9 +38,12 @@ def cmd_classify(args: argparse.Namespace) -> int:
         _check_range("--top-k", args.top_k, 1, cfg.classify.max_labels)
     limits = ImageLimits(cfg.images.max_bytes, cfg.images.max_pixels)
     images = [load_image(p, limits, name=p) for p in args.images]  # fail before loading any model
-    engine = _engine(cfg)
-    labels = engine.check_labels(labels)
-    results = engine.classify(images, labels, top_k=args.top_k, templates=args.templates)
+    if _remote.remote(cfg):
+        results = _remote.classify(cfg, images, labels, args.top_k, args.templates)
+    else:
+        engine = _engine(cfg)
+        labels = engine.check_labels(labels)
+        results = engine.classify(images, labels, top_k=args.top_k, templates=args.templates)
     payload = [
         {"image": p, "labels": [{"label": r.label, "probability": round(r.probability, 6)} for r in preds]}
         for p, preds in zip(args.images, results, strict=True)
@@ -186,9 +192,7 @@ def cmd_imagine(args: argparse.Namespace) -> int:
         image_prompts.append((data, weight))
     out = Path(args.output)
     check_output(out)  # before any model loads
-    engine = _engine(cfg)
-    request = engine.request(
-        args.prompt,
+    overrides: dict[str, Any] = dict(
         steps=args.steps,
         seed=args.seed,
         width=width,
@@ -202,6 +206,10 @@ def cmd_imagine(args: argparse.Namespace) -> int:
         init_weight=args.init_weight,
         ema=args.ema,
     )
+    if _remote.remote(cfg):
+        return _imagine_remote(args, cfg, overrides, out)
+    engine = _engine(cfg)
+    request = engine.request(args.prompt, **overrides)
     from tqdm import tqdm
 
     from models.generate import StepInfo
@@ -236,6 +244,23 @@ def cmd_imagine(args: argparse.Namespace) -> int:
         f"saved {out} ({result.image.width}x{result.image.height}, seed {result.seed}, "
         f"CLIP score {result.clip_score:.4f}, from {result.start_score:.4f})",
     )
+    return 0
+
+
+def _imagine_remote(args: argparse.Namespace, cfg: Config, overrides: dict[str, Any], out: Path) -> int:
+    """`iris imagine` on the workers (manager.backend: nats): the same output, made elsewhere."""
+    done = _remote.imagine(cfg, args.prompt, overrides, lambda im: _save_atomic(im, out), args.json)
+    _save_atomic(done.image, out)
+    payload = {
+        "output": str(out),
+        "seed": done.seed,
+        "steps": done.steps,
+        "clip_score": round(done.clip_score, 6),
+        "width": done.image.width,
+        "height": done.image.height,
+    }
+    text = f"saved {out} ({done.image.width}x{done.image.height}, seed {done.seed}, CLIP score "
+    _emit(args, payload, text + f"{done.clip_score:.4f}, made by a worker)")
     return 0
 
 
