@@ -220,7 +220,7 @@ class DiscordConfig:
     find_answer_after_s: Annotated[float, Range(gt=0, le=600)] = (
         5.0  # /find waits this long for indexing, then answers with what is indexed (< the 15 min token)
     )
-    shard_count: Positive | None = None  # gateway shards in all (None: one connection, or Discord's advice)
+    shard_count: Positive | None = None  # gateway shards of all processes together (None: one connection)
     shard_ids: list[Annotated[int, Range(ge=0)]] = field(
         default_factory=list
     )  # the shards this process runs ([]: all of shard_count); two processes can each take half

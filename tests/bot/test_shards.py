@@ -122,6 +122,20 @@ async def test_identifies_are_paced_by_max_concurrency(w):
         assert w.fake.gateway.too_early == 0
 
 
+async def test_two_processes_in_one_identify_bucket_both_connect(w):
+    """With max_concurrency 1 the second process's IDENTIFY comes too early: Discord answers op 9 and
+    the shard identifies again once its bucket's 5 s are over."""
+    w.fake.gateway.pace_identifies = True
+    servers = make_servers(w, 2, per_shard=1)
+    one = servers.bot("one", shard_count=2, shard_ids=[0])
+    two = servers.bot("two", shard_count=2, shard_ids=[1])
+    async with w.fake.run_bot(one), w.fake.run_bot(two, timeout=20):
+        assert one.gateway_connected() and two.gateway_connected()
+        assert w.fake.gateway.too_early == 1 and sorted(w.fake.gateway.identified) == [(0, 2), (1, 2)]
+        asked = await servers.help_everywhere()
+    assert sorted(one.received + two.received) == sorted(asked.values())
+
+
 async def test_the_default_is_one_connection_without_shards(w):
     async with w.bot() as bot:
         assert not isinstance(bot, commands.AutoShardedBot) and bot.shard_count is None
