@@ -197,17 +197,28 @@ class ShardedIrisBot(IrisBot, commands.AutoShardedBot):
         a process with 16 shards and max_concurrency 16 would take 75 s to connect instead of none."""
         async with self._identify_lock:
             if self._max_concurrency is None:
-                try:
-                    self._max_concurrency = (await self.fetch_session_start_limits()).max_concurrency
-                except (discord.HTTPException, discord.GatewayNotFound, aiohttp.ClientError) as e:
-                    log.warning("gateway: no session start limits (%s); one IDENTIFY per 5 s", e)
-                    self._max_concurrency = 1
-            bucket = (shard_id or 0) % max(1, self._max_concurrency)
+                self._max_concurrency = await self._read_gateway_advice()
+            bucket = (shard_id or 0) % self._max_concurrency
             loop = asyncio.get_running_loop()
             last = self._identified_at.get(bucket)
             if last is not None and (wait := last + IDENTIFY_WINDOW_S - loop.time()) > 0:
                 await asyncio.sleep(wait)
             self._identified_at[bucket] = loop.time()
+
+    async def _read_gateway_advice(self) -> int:
+        """GET /gateway/bot: its max_concurrency; a warning when Discord advises more shards than set."""
+        try:
+            advised, _, limits = await self.http.get_bot_gateway()
+        except (discord.HTTPException, discord.GatewayNotFound, aiohttp.ClientError) as e:
+            log.warning("gateway: no session start limits (%s); one IDENTIFY per 5 s", e)
+            return 1
+        if self.shard_count is not None and advised > self.shard_count:
+            log.warning(
+                "gateway: Discord advises %d shards for this bot; discord.shard_count is %d",
+                advised,
+                self.shard_count,
+            )
+        return max(1, int(limits["max_concurrency"]))
 
 
 def _open_settings(path: str) -> Settings:

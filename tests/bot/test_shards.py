@@ -110,6 +110,17 @@ async def test_one_process_runs_three_shards_and_answers_every_server(w):
     assert {shard_of(g, 3) for g in asked} == {0, 1, 2}  # the servers did spread over the shards
 
 
+async def test_fewer_shards_than_discord_advises_is_logged(w, caplog):
+    w.fake.gateway.shards, w.fake.gateway.max_concurrency = 4, 2
+    servers = make_servers(w, 2, per_shard=1)
+    with caplog.at_level("INFO", logger="bot.app"):
+        async with w.fake.run_bot(servers.bot("few", shard_count=2)):
+            pass
+    said = [r.getMessage() for r in caplog.records if r.name == "bot.app"]
+    assert "gateway: this process runs shards [0, 1] of 2" in said
+    assert "gateway: Discord advises 4 shards for this bot; discord.shard_count is 2" in said
+
+
 async def test_identifies_are_paced_by_max_concurrency(w):
     """Shards 0 and 2 share a rate-limit bucket when max_concurrency is 2: the fake answers an IDENTIFY
     that comes within 5 s of its bucket's last one with op 9, as Discord does."""
