@@ -761,6 +761,7 @@ async def test_a_servers_events_reach_only_its_shard_and_dms_shard_0():
         async with fake.run_bot(clients[0]), fake.run_bot(clients[1]):
             for k, client in clients.items():  # READY and GUILD_CREATE: its servers only
                 assert {g.id for g in client.guilds} == {g.id for g in guilds[k::2]}
+            late = fake.add_guild("joined later", shard=(1, 2))  # GUILD_CREATE names its server in `id`
             for channel, person in zip(channels, people, strict=True):
                 await fake.post_message(channel, person, f"in {channel.guild.name}")
             dm = fake.state.open_dm(people[1].user)
@@ -768,6 +769,7 @@ async def test_a_servers_events_reach_only_its_shard_and_dms_shard_0():
             for k in seen:  # a last message on each shard: everything sent before it has arrived
                 await fake.post_message(channels[k], people[k], "last")
             await fake.wait_for(lambda: all(s and s[-1].content == "last" for s in seen.values()))
+            assert clients[1].get_guild(late.id) is not None and clients[0].get_guild(late.id) is None
         assert [m.content for m in seen[0]] == ["in server 0", "in server 2", "a DM", "last"]
         assert [m.content for m in seen[1]] == ["in server 1", "in server 3", "last"]
         assert sorted(fake.gateway.identified) == [(0, 2), (1, 2)]
