@@ -8,6 +8,7 @@ import gc
 import logging
 from typing import Any
 
+import aiohttp
 import discord
 from discord.ext import commands
 
@@ -18,6 +19,8 @@ from iris.service import Manager, open_manager
 from iris.settings import Settings, SqliteSettings, UserSettings
 
 log = logging.getLogger(__name__)
+
+IDENTIFY_WINDOW_S = 5.0  # Discord allows one IDENTIFY per rate-limit bucket in this many seconds
 
 EXTENSIONS = (
     "bot.commands.classify",
@@ -50,6 +53,13 @@ discord.VoiceClient.warn_dave = False
 
 
 class IrisBot(commands.Bot):
+    """Iris on one gateway connection; with `discord.shard_count` set, `IrisBot(config)` makes a
+    ShardedIrisBot instead (as pathlib's `Path()` makes a PosixPath): callers never pick the class."""
+
+    def __new__(cls, config: Config, *args: Any, **kwargs: Any) -> IrisBot:
+        chosen = ShardedIrisBot if cls is IrisBot and config.discord.shard_count is not None else cls
+        return object.__new__(chosen)
+
     def __init__(
         self,
         config: Config,
@@ -64,12 +74,25 @@ class IrisBot(commands.Bot):
         intents.message_content = True  # /find reads attachments and embeds of past messages
         # Prompts, labels and file names are echoed back: none of their @mentions may ping anyone.
         kwargs.setdefault("allowed_mentions", discord.AllowedMentions.none())
+        kwargs.update(self._shard_options(config))
         super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None, **kwargs)
         self.config = config
         self.manager: Manager = open_manager(config, engine)
         self.sync_global = sync_global
         self.serve = serve
         self.settings: Settings | None = None  # /settings; opened by setup_hook when serving
+
+    @staticmethod
+    def _shard_options(config: Config) -> dict[str, Any]:
+        return {}  # one connection, no `shard` in IDENTIFY: Discord sends it every server and the DMs
+
+    def runs_guild(self, guild_id: int | None) -> bool:
+        """Whether a server's events (None: the DMs') come to this process. One connection gets all."""
+        return True
+
+    def gateway_connected(self) -> bool:
+        """Whether this process is logged in to the gateway and ready (the heartbeat's `gateway`)."""
+        return self.is_ready() and not self.is_closed()
 
     async def setup_hook(self) -> None:
         if self.serve:
@@ -124,6 +147,78 @@ class IrisBot(commands.Bot):
             if settings is not None:
                 await asyncio.to_thread(settings.close)
             await super().close()
+
+
+class ShardedIrisBot(IrisBot, commands.AutoShardedBot):
+    """Iris on discord.py's AutoShardedBot: one gateway connection per shard this process runs.
+
+    Discord sends a server's events, and its interactions, only to shard `(guild_id >> 22) % shard_count`,
+    and DMs to shard 0. `discord.shard_ids` picks this process's shards (all of them when empty), so two
+    processes can each run half: together they answer every server, each exactly once.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._max_concurrency: int | None = None  # GET /gateway/bot's, read before the first IDENTIFY
+        self._identified_at: dict[int, float] = {}  # rate-limit bucket → loop time of its last IDENTIFY
+        self._identify_lock = asyncio.Lock()
+
+    @staticmethod
+    def _shard_options(config: Config) -> dict[str, Any]:
+        d = config.discord
+        return {"shard_count": d.shard_count, "shard_ids": list(d.shard_ids) or None}  # None: all
+
+    @property
+    def own_shards(self) -> list[int]:
+        """The shard ids this process runs."""
+        assert self.shard_count is not None
+        return list(self.shard_ids or range(self.shard_count))
+
+    def runs_guild(self, guild_id: int | None) -> bool:
+        assert self.shard_count is not None
+        return (0 if guild_id is None else (guild_id >> 22) % self.shard_count) in self.own_shards
+
+    def gateway_connected(self) -> bool:
+        """Ready (every shard of this process sent READY) and each of its connections open now."""
+        shards = self.shards
+        return (
+            super().gateway_connected()
+            and set(shards) == set(self.own_shards)
+            and not any(shard.is_closed() for shard in shards.values())
+        )
+
+    async def connect(self, *, reconnect: bool = True) -> None:
+        log.info("gateway: this process runs shards %s of %s", self.own_shards, self.shard_count)
+        await super().connect(reconnect=reconnect)
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        """Pace IDENTIFYs as Discord allows: one per rate-limit bucket (shard_id % max_concurrency) per
+        5 s. discord.py's default waits 5 s before every IDENTIFY but the first, whatever the bucket:
+        a process with 16 shards and max_concurrency 16 would take 75 s to connect instead of none."""
+        async with self._identify_lock:
+            if self._max_concurrency is None:
+                self._max_concurrency = await self._read_gateway_advice()
+            bucket = (shard_id or 0) % self._max_concurrency
+            loop = asyncio.get_running_loop()
+            last = self._identified_at.get(bucket)
+            if last is not None and (wait := last + IDENTIFY_WINDOW_S - loop.time()) > 0:
+                await asyncio.sleep(wait)
+            self._identified_at[bucket] = loop.time()
+
+    async def _read_gateway_advice(self) -> int:
+        """GET /gateway/bot: its max_concurrency; a warning when Discord advises more shards than set."""
+        try:
+            advised, _, limits = await self.http.get_bot_gateway()
+        except (discord.HTTPException, discord.GatewayNotFound, aiohttp.ClientError) as e:
+            log.warning("gateway: no session start limits (%s); one IDENTIFY per 5 s", e)
+            return 1
+        if self.shard_count is not None and advised > self.shard_count:
+            log.warning(
+                "gateway: Discord advises %d shards for this bot; discord.shard_count is %d",
+                advised,
+                self.shard_count,
+            )
+        return max(1, int(limits["max_concurrency"]))
 
 
 def _open_settings(path: str) -> Settings:

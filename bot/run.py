@@ -27,6 +27,16 @@ STOP_TIMEOUT_S = 8.0
 PROBE_TIMEOUT_S = 20.0  # seconds the inference worker has to answer a heartbeat's probe
 
 
+# Gateway close codes about sharding (https://discord.com/developers/docs/topics/opcodes-and-status-codes)
+_REFUSED_SHARDS = {
+    4010: "invalid shard; check discord.shard_count and discord.shard_ids",
+    4011: (
+        "this bot is in too many servers for one connection; set discord.shard_count "
+        "(at most 2,500 servers per shard; GET /gateway/bot's `shards` is Discord's advice)"
+    ),
+}
+
+
 class StartupError(IrisError):
     """The bot cannot start (no token, token rejected, intents not enabled...)."""
 
@@ -67,6 +77,12 @@ async def run_bot(config: Config, token: str, sync_global: bool = False) -> None
             "the Message Content intent is not enabled: developer portal → your application → Bot → "
             "Privileged Gateway Intents → Message Content Intent"
         ) from e
+    except discord.ConnectionClosed as e:
+        if e.code not in _REFUSED_SHARDS:
+            raise
+        raise StartupError(
+            f"Discord refused the gateway connection (close code {e.code}): {_REFUSED_SHARDS[e.code]}"
+        ) from e
 
 
 async def beat(bot: IrisBot, state: str = "running") -> None:
@@ -80,7 +96,7 @@ async def beat(bot: IrisBot, state: str = "running") -> None:
             log.warning("heartbeat: the inference worker did not answer (%s)", type(e).__name__)
     st = bot.manager.status()
     now = heartbeat.Heartbeat(
-        gateway=bot.is_ready() and not bot.is_closed(),
+        gateway=bot.gateway_connected(),
         worker=worker,
         queued=st.queue_length,
         running=1 if st.running else 0,

@@ -220,7 +220,7 @@ class DiscordConfig:
     find_answer_after_s: Annotated[float, Range(gt=0, le=600)] = (
         5.0  # /find waits this long for indexing, then answers with what is indexed (< the 15 min token)
     )
-    shard_count: Positive | None = None  # gateway shards in all (None: one connection, or Discord's advice)
+    shard_count: Positive | None = None  # gateway shards of all processes together (None: one connection)
     shard_ids: list[Annotated[int, Range(ge=0)]] = field(
         default_factory=list
     )  # the shards this process runs ([]: all of shard_count); two processes can each take half
@@ -425,6 +425,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("imagine: the default steps/size exceed imagine.max_steps/max_side")
     if not (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith(("cuda", "mps"))):
         raise ConfigError(f"device: {cfg.device!r} is not auto, cpu, cuda, cuda:N or mps")
+    _validate_shards(cfg.discord)
     label_lists = {"classify.default_labels": cfg.classify.default_labels}
     for gid, guild in cfg.discord.guilds.items():
         if guild.default_labels is not None:
@@ -434,6 +435,22 @@ def _validate(cfg: Config) -> None:
             check_labels(labels, cfg.classify.max_labels, cfg.classify.max_label_chars)
         except BadRequest as e:
             raise ConfigError(f"{key}: {e.message}") from e
+
+
+def _validate_shards(d: DiscordConfig) -> None:
+    """discord.shard_ids name shards of discord.shard_count, each once (Discord closes a bad one: 4010)."""
+    if d.shard_ids and d.shard_count is None:
+        raise ConfigError(
+            "discord.shard_ids needs discord.shard_count (the number of shards in all processes)"
+        )
+    for i, shard_id in enumerate(d.shard_ids):
+        if d.shard_count is not None and shard_id >= d.shard_count:
+            raise ConfigError(
+                f"discord.shard_ids: shard {shard_id} does not exist with discord.shard_count "
+                f"{d.shard_count} (shards are numbered 0 to {d.shard_count - 1})"
+            )
+        if shard_id in d.shard_ids[:i]:
+            raise ConfigError(f"discord.shard_ids: shard {shard_id} is listed twice")
 
 
 def parse_config(data: Any) -> Config:

@@ -729,3 +729,71 @@ async def test_photos_are_real_photos_at_real_sizes_and_in_odd_shapes(photos: Ph
     assert rotated.getexif()[0x0112] == 6
     assert ImageOps.exif_transpose(rotated).size == ODD["exif_rotated"].display_size == (1536, 2048)
     assert opened("strip").size == (16, 40_000)
+
+
+# -- gateway sharding ------------------------------------------------------------------------------
+
+
+def shard_client(shard_id: int, shard_count: int, seen: list[discord.Message]) -> discord.Client:
+    """A client that runs one shard (discord.py's own single-shard mode) and records what it is sent."""
+    intents = discord.Intents.default()
+    intents.message_content = True
+    client = discord.Client(
+        intents=intents, shard_id=shard_id, shard_count=shard_count, guild_ready_timeout=0.1
+    )
+
+    @client.event
+    async def on_message(message: discord.Message) -> None:
+        seen.append(message)
+
+    return client
+
+
+async def test_a_servers_events_reach_only_its_shard_and_dms_shard_0():
+    async with FakeDiscord() as fake:
+        guilds = [fake.add_guild(f"server {i}", shard=(i % 2, 2)) for i in range(4)]
+        assert [(g.id >> 22) % 2 for g in guilds] == [0, 1, 0, 1]
+        assert guilds == sorted(guilds, key=lambda g: g.id)  # ids still grow
+        channels = [fake.add_channel(g, "general") for g in guilds]
+        people = [fake.add_member(g, f"person {i}") for i, g in enumerate(guilds)]
+        seen: dict[int, list[discord.Message]] = {0: [], 1: []}
+        clients = {k: shard_client(k, 2, seen[k]) for k in seen}
+        async with fake.run_bot(clients[0]), fake.run_bot(clients[1]):
+            for k, client in clients.items():  # READY and GUILD_CREATE: its servers only
+                assert {g.id for g in client.guilds} == {g.id for g in guilds[k::2]}
+            late = fake.add_guild("joined later", shard=(1, 2))  # GUILD_CREATE names its server in `id`
+            for channel, person in zip(channels, people, strict=True):
+                await fake.post_message(channel, person, f"in {channel.guild.name}")
+            dm = fake.state.open_dm(people[1].user)
+            await fake.post_message(dm, people[1], "a DM")
+            for k in seen:  # a last message on each shard: everything sent before it has arrived
+                await fake.post_message(channels[k], people[k], "last")
+            await fake.wait_for(lambda: all(s and s[-1].content == "last" for s in seen.values()))
+            assert clients[1].get_guild(late.id) is not None and clients[0].get_guild(late.id) is None
+        assert [m.content for m in seen[0]] == ["in server 0", "in server 2", "a DM", "last"]
+        assert [m.content for m in seen[1]] == ["in server 1", "in server 3", "last"]
+        assert sorted(fake.gateway.identified) == [(0, 2), (1, 2)]
+
+
+async def test_an_invalid_shard_is_closed_with_4010():
+    async with FakeDiscord() as fake:
+        fake.add_guild("server")
+        with pytest.raises(discord.ConnectionClosed) as closed:
+            async with fake.run_bot(shard_client(2, 2, [])):
+                pass
+        assert closed.value.code == 4010 and fake.gateway.identifies == 0
+
+
+async def test_too_few_shards_are_closed_with_4011_when_discord_requires_sharding():
+    async with FakeDiscord(shards=2, sharding_required=True, max_concurrency=16) as fake:
+        guild = fake.add_guild("server")
+        auth, url = {"Authorization": f"Bot {fake.token}"}, fake.api_url + "/gateway/bot"
+        async with aiohttp.ClientSession(headers=auth) as http, http.get(url) as got:
+            advice = await got.json()
+        assert advice["shards"] == 2 and advice["session_start_limit"]["max_concurrency"] == 16
+        with pytest.raises(discord.ConnectionClosed) as closed:
+            async with fake.run_bot(make_bot(guild.id, Seen())):  # one connection, no `shard`
+                pass
+        assert closed.value.code == 4011
+        async with fake.run_bot(shard_client(1, 2, [])) as client:  # as many shards as advised: welcome
+            assert client.is_ready() and fake.gateway.identified == [(1, 2)]

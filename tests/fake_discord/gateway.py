@@ -2,6 +2,11 @@
 
 Frames go out as TEXT JSON. discord.py asks for `compress=zlib-stream` but only inflates BINARY frames,
 so plain text is what keeps the fake simple and readable in a debugger.
+
+Sharding works as Discord's (https://discord.com/developers/docs/events/gateway#sharding): an IDENTIFY's
+`shard: [shard_id, num_shards]` makes its session receive only the servers with
+`(guild_id >> 22) % num_shards == shard_id`, and DMs on shard 0 only; a shard id out of range is closed with
+4010, too few shards (when `sharding_required`) with 4011.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import contextlib
 import json
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +28,7 @@ from .state import FakeState
 log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_MS = 41_250
+IDENTIFY_WINDOW_S = 5.0  # Discord: one IDENTIFY per rate-limit bucket (shard_id % max_concurrency) per 5 s
 # Gateway intents (https://discord.com/developers/docs/events/gateway#gateway-intents).
 GUILDS = 1 << 0
 GUILD_MEMBERS = 1 << 1
@@ -61,8 +68,16 @@ class _Connection:
 class Session:
     id: str
     intents: int
+    shard: tuple[int, int] | None = None  # (shard_id, num_shards) from IDENTIFY; None: not sharded
     frames: list[str] = field(default_factory=list)  # every dispatch, frames[s - 1] has sequence s
     connection: _Connection | None = None
+
+    def receives(self, guild_id: int | None) -> bool:
+        """Whether a server's events come to this session: its shard's servers; DMs come to shard 0."""
+        if self.shard is None:
+            return True
+        shard_id, count = self.shard
+        return shard_id == (0 if guild_id is None else (guild_id >> 22) % count)
 
     def push(self, event: str, data: dict[str, Any]) -> None:
         seq = len(self.frames) + 1
@@ -79,6 +94,13 @@ class Gateway:
         self._connections: set[_Connection] = set()
         self.identifies = self.resumes = self.heartbeats = 0
         self.paths: list[str] = []  # the path of every connection, "/" to identify, "/resume" to resume
+        self.shards = 1  # the shard count GET /gateway/bot recommends
+        self.sharding_required = False  # an IDENTIFY with fewer shards than `shards` is closed with 4011
+        self.max_concurrency = 1  # GET /gateway/bot's: how many rate-limit buckets identify at once
+        self.pace_identifies = False  # a second IDENTIFY of a bucket within 5 s gets op 9, as on Discord
+        self.identified: list[tuple[int, int] | None] = []  # the `shard` of every accepted IDENTIFY
+        self.too_early = 0  # IDENTIFYs refused by the pacing above
+        self._identified_at: dict[int, float] = {}  # rate-limit bucket → monotonic time of its last
 
     @property
     def connected(self) -> bool:
@@ -88,8 +110,12 @@ class Gateway:
         )
 
     def dispatch(self, event: str, data: dict[str, Any]) -> None:
-        """Send an event to every session, now or when it resumes; subject to the session's intents."""
+        """Send an event to every session of its server's shard, now or when it resumes; subject to the
+        session's intents."""
+        guild_id = _guild_of(event, data)
         for session in self.sessions.values():
+            if not session.receives(guild_id):
+                continue
             needed = _EVENT_INTENT.get(event, 0)
             if needed and not session.intents & needed:
                 continue
@@ -142,13 +168,27 @@ class Gateway:
             if data.get("token") != self._token():
                 await connection.ws.close(code=4004, message=b"Authentication failed.")
                 return
+            try:
+                shard = _shard(data.get("shard"))
+            except ValueError:
+                await connection.ws.close(code=4010, message=b"Invalid shard.")
+                return
+            if self.sharding_required and (shard[1] if shard else 1) < self.shards:
+                await connection.ws.close(code=4011, message=b"Sharding required.")
+                return
+            if not self._may_identify(shard[0] if shard else 0):
+                self.too_early += 1
+                await connection.send(json.dumps({"op": 9, "d": False, "s": None, "t": None}))
+                return
             self.identifies += 1
-            new = Session(secrets.token_hex(16), int(data.get("intents", 0)))
+            self.identified.append(shard)
+            new = Session(secrets.token_hex(16), int(data.get("intents", 0)), shard)
             self.sessions[new.id] = new
             self._attach(connection, new, 0)
             new.push("READY", self._ready(new))
             for guild in self.state.guilds.values():
-                new.push("GUILD_CREATE", guild.payload(self.state.clock.iso()))
+                if new.receives(guild.id):
+                    new.push("GUILD_CREATE", guild.payload(self.state.clock.iso()))
         elif op == 6:
             session = self.sessions.get(data.get("session_id", ""))
             if session is None or data.get("token") != self._token():
@@ -160,7 +200,8 @@ class Gateway:
         elif op == 8:
             for guild_id in _as_list(data.get("guild_id")):
                 wanted = self.state.guilds.get(int(guild_id))
-                if wanted is not None and connection.session is not None:
+                session = connection.session
+                if wanted is not None and session is not None and session.receives(wanted.id):
                     chunk = {
                         "guild_id": str(wanted.id),
                         "members": [m.payload() for m in wanted.members.values()],
@@ -168,8 +209,17 @@ class Gateway:
                         "chunk_count": 1,
                         "nonce": data.get("nonce"),
                     }
-                    connection.session.push("GUILD_MEMBERS_CHUNK", chunk)
+                    session.push("GUILD_MEMBERS_CHUNK", chunk)
         self.state.changed()
+
+    def _may_identify(self, shard_id: int) -> bool:
+        """Whether the shard's rate-limit bucket may IDENTIFY now (always, unless `pace_identifies`)."""
+        bucket, now = shard_id % self.max_concurrency, time.monotonic()
+        last = self._identified_at.get(bucket)
+        if self.pace_identifies and last is not None and now - last < IDENTIFY_WINDOW_S:
+            return False
+        self._identified_at[bucket] = now
+        return True
 
     def _attach(self, connection: _Connection, session: Session, sent: int) -> None:
         if session.connection is not None and session.connection is not connection:
@@ -200,8 +250,9 @@ class Gateway:
             "session_id": session.id,
             "session_type": "normal",
             "resume_gateway_url": self._resume_url(),
-            "guilds": [{"id": str(g), "unavailable": True} for g in state.guilds],
+            "guilds": [{"id": str(g), "unavailable": True} for g in state.guilds if session.receives(g)],
             "application": {"id": str(state.application_id), "flags": 0},
+            **({"shard": list(session.shard)} if session.shard else {}),
             "private_channels": [],
             "relationships": [],
             "presences": [],
@@ -218,6 +269,23 @@ class Gateway:
         if author == str(self.state.bot.id) or mentioned:
             return data
         return {**data, "content": "", "embeds": [], "attachments": [], "components": []}
+
+
+def _shard(value: Any) -> tuple[int, int] | None:
+    """IDENTIFY's `shard` as (shard_id, num_shards), None when absent; ValueError when invalid (4010)."""
+    if value is None:
+        return None
+    ints = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    if not ints or len(value) != 2 or not 0 <= value[0] < value[1]:
+        raise ValueError(f"invalid shard {value!r}")
+    return value[0], value[1]
+
+
+def _guild_of(event: str, data: dict[str, Any]) -> int | None:
+    """The server an event belongs to (None: a DM, or no server at all)."""
+    is_guild = event in ("GUILD_CREATE", "GUILD_UPDATE", "GUILD_DELETE")
+    raw = data.get("id") if is_guild else data.get("guild_id")
+    return int(raw) if raw else None
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -148,8 +148,12 @@ class RestRoutes:
         )
 
     async def gateway(self, request: web.Request) -> web.Response:
-        limit = {"total": 1000, "remaining": 1000, "reset_after": 0, "max_concurrency": 1}
-        return json_response({"url": self.fake.gateway_url, "shards": 1, "session_start_limit": limit})
+        gateway = self.fake.gateway
+        concurrency = gateway.max_concurrency
+        limit = {"total": 1000, "remaining": 1000, "reset_after": 0, "max_concurrency": concurrency}
+        return json_response(
+            {"url": self.fake.gateway_url, "shards": gateway.shards, "session_start_limit": limit}
+        )
 
     # -- application commands ----------------------------------------------------------------------
 

@@ -63,7 +63,12 @@ class FakeDiscord:
         bot_name: str = "Iris",
         bot_permissions: int = DEFAULT_PERMISSIONS,
         attachment_size_limit: int = DEFAULT_ATTACHMENT_SIZE_LIMIT,
+        shards: int = 1,
+        sharding_required: bool = False,
+        max_concurrency: int = 1,
     ) -> None:
+        """`shards`: the count GET /gateway/bot recommends; `sharding_required`: IDENTIFYing with fewer is
+        closed with 4011; `max_concurrency`: GET /gateway/bot's (see Gateway for pacing identifies)."""
         self.clock = clock or FakeClock()
         self.state = FakeState(self.clock, bot_name=bot_name, bot_permissions=bot_permissions)
         self.token = secrets.token_urlsafe(32)  # what the bot must log in with
@@ -73,6 +78,8 @@ class FakeDiscord:
         self.requests: list[RequestRecord] = []
         self.errors: list[str] = []  # the fake's own failures, raised when it stops
         self.gateway = Gateway(self.state, lambda: self.token, lambda: self.resume_url)
+        self.gateway.shards, self.gateway.sharding_required = shards, sharding_required
+        self.gateway.max_concurrency = max_concurrency
         self.state.emit = self.gateway.dispatch
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -285,8 +292,11 @@ class FakeDiscord:
 
     # -- setup -------------------------------------------------------------------------------------
 
-    def add_guild(self, name: str, *, bot_permissions: Any = None) -> Guild:
-        return self.state.add_guild(name, bot_permissions=bot_permissions)
+    def add_guild(
+        self, name: str, *, bot_permissions: Any = None, shard: tuple[int, int] | None = None
+    ) -> Guild:
+        """`shard`: (shard_id, num_shards) to give the server an id that this shard receives."""
+        return self.state.add_guild(name, bot_permissions=bot_permissions, shard=shard)
 
     def add_role(self, guild: Guild, name: str, permissions: Any = 0) -> Role:
         return self.state.add_role(guild, name, permissions)

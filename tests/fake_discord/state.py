@@ -68,10 +68,17 @@ class FakeState:
 
     # -- ids, time and the change signal -----------------------------------------------------------
 
-    def snowflake(self) -> int:
+    def snowflake(self, shard: tuple[int, int] | None = None) -> int:
+        """A new id, greater than all before. `shard` (shard_id, num_shards): a server id routed to that
+        shard, `(id >> 22) % num_shards == shard_id`, by moving its timestamp a few ms forward."""
         ms = int(self.clock.now() * 1000) - DISCORD_EPOCH_MS
-        candidate = (ms << 22) | (next(self._increment) & 0xFFF)
-        self._last_id = max(candidate, self._last_id + 1)  # ids only grow, so they sort like Discord's
+        candidate = max((ms << 22) | (next(self._increment) & 0xFFF), self._last_id + 1)
+        if shard is not None:
+            shard_id, count = shard
+            ahead = (shard_id - (candidate >> 22)) % count
+            if ahead:
+                candidate = ((candidate >> 22) + ahead) << 22
+        self._last_id = candidate  # ids only grow, so they sort like Discord's
         return self._last_id
 
     def changed(self) -> None:
@@ -110,8 +117,10 @@ class FakeState:
         self.users[user.id] = user
         return user
 
-    def add_guild(self, name: str, *, bot_permissions: Any = None) -> Guild:
-        guild = Guild(self.snowflake(), name)
+    def add_guild(
+        self, name: str, *, bot_permissions: Any = None, shard: tuple[int, int] | None = None
+    ) -> Guild:
+        guild = Guild(self.snowflake(shard), name)
         guild.roles.append(Role(guild.id, guild, "@everyone", DEFAULT_PERMISSIONS))
         self.guilds[guild.id] = guild
         perms = self.bot_permissions if bot_permissions is None else permission_value(bot_permissions)
