@@ -1,0 +1,600 @@
+"""ProcessManager: the Manager API with the device work in a child process, watched and replaced.
+
+The parent (the bot, the CLI) never imports torch. It keeps a mirror of the generation queue (fed by
+the child's events and heartbeats) so the sync half of the API (imagine, cancel, status, the journal)
+answers at once, does admission itself (it is the child's only submitter), and reads the journal
+through a read-only SQLite connection while the child owns and writes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from iris.config import Config
+from iris.errors import (
+    InternalError,
+    IrisError,
+    JobTimedOut,
+    QueueFull,
+    ServiceClosed,
+    UserLimitReached,
+    report_unexpected,
+)
+from iris.images import ImageLimits
+from iris.journal import JobState, Journal, JournalEntry
+from iris.request import ImagineRequest
+from iris.service.events import TERMINAL, Cancelled, Event, Failed, Progress, Started
+from iris.service.handle import JobHandle, JobSummary, ManagerStatus
+from iris.service.process._child import Child, DiedAtStart, spawn
+from iris.service.process._link import read_message
+from iris.service.results import Description, Prediction, Upscaled
+
+log = logging.getLogger(__name__)
+
+START_TRIES = 2  # children in a row that may die before their hello; then the worker is reported broken
+CALL_STRIKES = 2  # a short job waiting on this many hung children fails instead of being sent again
+CLOSE_MARGIN_S = 1.0  # close(): seconds past the grace for the child's last events, then SIGKILL
+
+
+class WorkerUnavailable(IrisError):
+    """The device worker cannot be (re)started: every job and short job gets this one clear line."""
+
+
+@dataclasses.dataclass(eq=False)
+class _Job:
+    id: str
+    owner: str
+    request: ImagineRequest
+    meta: dict[str, str]
+    handle: JobHandle
+    running_since: float | None = None  # time.monotonic() when the child was first seen running it
+    step: int = 0  # steps done, from its events and the heartbeats
+    cancel_sent: bool = False
+
+
+@dataclasses.dataclass(eq=False)
+class _Call:
+    id: int
+    method: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    future: asyncio.Future[Any]
+    watched: bool  # a slow answer means a hung child (not warm_up: loading weights may take minutes)
+    sent_at: float | None = None  # time.monotonic() when sent to the current child
+    strikes: int = 0  # children it was waiting on when they hung in a short job
+
+
+class ProcessManager:
+    """The Manager protocol over a child process (`python -m models.serve`) that owns the device.
+
+    The watchdog (a task on the event loop, every min(0.25 s, watchdog_grace_s / 4)) replaces the child:
+    - when a generation has run past `manager.job_deadline_s` + `manager.watchdog_grace_s` without
+      ending: the step under way did not return within the job's remaining deadline plus the grace (the
+      child checks the deadline itself between steps, so a live child never gets there);
+    - when a short job (classify, embed...) has waited `watchdog_grace_s` for its answer, or the child
+      sent nothing at all (not even its heartbeat) for that long, unless it is loading the models (a
+      short job waits for one slice of a step at most, so a live child answers well within the grace);
+    - when the child exits or is killed (its pipe closes).
+    The running job then fails with a one-line error naming the step (JobTimedOut for a hang,
+    InternalError for a crash; it is not retried: the same step may hang again), journaled FAILED.
+    When the child hung inside a batch of short jobs instead (its heartbeat says so), the generation is
+    not to blame: it runs again from its start with its seed. Each short job that had waited past the
+    grace then gets a strike; struck ones go to the new child one at a time, alone (so a request that
+    hangs every child takes no other down with it), and fail with JobTimedOut at CALL_STRIKES.
+    A new child is started and warmed up; waiting short jobs are sent again, and queued generations
+    are queued again in order under their ids, their handles still receiving events. Two children in a
+    row that die before their hello (bad weights that crash the process, a broken install) stop the
+    restarts: everything waiting fails with WorkerUnavailable, and so does every later call.
+
+    Defaults: `watchdog_grace_s` 30 s, `job_deadline_s` 900 s (config); START_TRIES 2, CALL_STRIKES 2,
+    CLOSE_MARGIN_S 1 s, a child's hello within SPAWN_TIMEOUT_S 120 s, its heartbeat every
+    min(1 s, grace / 4).
+    """
+
+    def __init__(self, config: Config, setup: str | None = None) -> None:
+        """`setup`: "module:function" the child calls with its InferenceManager before starting (the
+        tests' way to make a step hang or the child die; see models/serve.py)."""
+        self.config = config
+        self.setup = setup
+        self._child: Child | None = None
+        self._jobs: dict[str, _Job] = {}  # queued and running generations, in queue order
+        self._calls: dict[int, _Call] = {}
+        self._call_ids = itertools.count(1)
+        self._backlog: list[dict[str, Any]] = []  # journal writes waiting for a live child
+        self._hello: dict[str, Any] = {}
+        self._unfinished: dict[str, JournalEntry] = {}
+        self._undelivered: dict[str, JournalEntry] = {}
+        self._reader: Journal | None = None  # read-only view of the child's journal
+        self._started = False
+        self._accepting = False
+        self._closing = False
+        self._broken: IrisError | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        grace = config.manager.watchdog_grace_s
+        self.watch_every = min(0.25, grace / 4)
+        self.restarts = 0  # children replaced since start()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    async def __aenter__(self) -> ProcessManager:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def pid(self) -> int | None:
+        """The current child's process id (None while none runs)."""
+        return self._child.pid if self._child is not None else None
+
+    async def start(self) -> None:
+        """Start the child (it opens the journal: JournalLocked if another process owns it)."""
+        self._child = await self._spawn()
+        self._hello = self._child.hello
+        self._unfinished = {e.id: e for e in self._hello.get("unfinished", [])}
+        self._undelivered = {e.id: e for e in self._hello.get("undelivered", [])}
+        self._started = self._accepting = True
+        self._watch_task = asyncio.create_task(self._watch(), name="iris-watchdog")
+        self._watch_task.add_done_callback(_log_failure)
+
+    async def warm_up(self) -> None:
+        """Load the models in the child: missing weights raise their one-line error here."""
+        await self._call("warm_up", watched=False)
+
+    async def close(self, grace_s: float | None = None) -> None:
+        """Stop taking jobs; the child drains or pauses them within the grace; then it exits. A child
+        that has not exited `CLOSE_MARGIN_S` after the grace (hung) is killed; jobs it never ended are
+        told "shutdown" (the journal keeps them for the next start). Safe to call twice, or cancel."""
+        self._accepting = False
+        self._closing = True
+        grace = self.config.manager.close_grace_s if grace_s is None else grace_s
+        child = self._child
+        try:
+            if child is not None and child.send({"op": "close", "grace": grace}):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(child.gone.wait(), grace + CLOSE_MARGIN_S)
+        finally:
+            await self._stop_watchdog()
+            if child is not None:
+                await asyncio.shield(child.kill())
+            self._child = None
+            for job in list(self._jobs.values()):
+                self._end(job, Cancelled("shutdown"))
+            for call in list(self._calls.values()):
+                _settle(call.future, error=ServiceClosed("the service is shutting down"))
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+            self._started = False
+
+    async def _stop_watchdog(self) -> None:
+        task, self._watch_task = self._watch_task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _spawn(self) -> Child:
+        """A child that said hello, tried START_TRIES times; WorkerUnavailable after that."""
+        why = ""
+        for attempt in range(1, START_TRIES + 1):
+            try:
+                child = await spawn(self.config, self.setup)
+            except DiedAtStart as e:
+                why = str(e)
+                log.warning("the device worker died at start (%s), try %d of %d", why, attempt, START_TRIES)
+                continue
+            child.read_task = asyncio.create_task(self._read(child), name=f"iris-worker-{child.pid}")
+            child.read_task.add_done_callback(_log_failure)
+            return child
+        raise WorkerUnavailable(
+            f"the device worker died at start {START_TRIES} times in a row ({why}); see the log above"
+        )
+
+    # -- messages from the child -------------------------------------------------------------------
+    async def _read(self, child: Child) -> None:
+        try:
+            while (message := await read_message(child.reader)) is not None:
+                child.last_heard = time.monotonic()
+                if child is self._child or self._closing:
+                    self._on_message(child, message)
+        except Exception as e:  # a garbled frame: this child cannot be trusted any more
+            report_unexpected(log, e, f"reading from the device worker {child.pid}")
+        finally:
+            child.gone.set()
+
+    def _on_message(self, child: Child, m: dict[str, Any]) -> None:
+        op = m.get("op")
+        if op == "event":
+            job = self._jobs.get(m["job"])
+            if job is not None:
+                self._on_event(job, m["event"])
+        elif op == "answer":
+            call = self._calls.pop(m["id"], None)
+            if call is not None:
+                _settle(call.future, m.get("value"), m.get("error"))
+            self._pump_suspects()
+        elif op == "beat":
+            child.beat = m
+            job = self._jobs.get(m["job"]) if m["job"] else None
+            if job is not None:
+                job.step = max(job.step, m["step"])
+                if job.running_since is None:
+                    elapsed = m["elapsed"] or 0.0
+                    job.running_since = time.monotonic() - elapsed
+        elif op == "closed":
+            child.closed = True
+
+    def _on_event(self, job: _Job, event: Event) -> None:
+        if isinstance(event, Started):
+            job.running_since = job.running_since or time.monotonic()
+            if job.request.seed is None:  # should it run again (a restart), it makes the same picture
+                job.request = dataclasses.replace(job.request, seed=event.seed)
+        elif isinstance(event, Progress):
+            job.step = event.step
+        if isinstance(event, TERMINAL):
+            self._end(job, event)
+        else:
+            job.handle._publish(event)
+
+    def _end(self, job: _Job, event: Event) -> None:
+        self._jobs.pop(job.id, None)
+        job.handle._publish(event)
+
+    # -- the watchdog ------------------------------------------------------------------------------
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.watch_every)
+            child = self._child
+            if child is None or self._closing:
+                continue
+            verdict = self._diagnose(child)
+            if verdict is not None:
+                await self._replace(child, *verdict)
+
+    def _diagnose(self, child: Child) -> tuple[bool, str] | None:
+        """(hung, what happened) when `child` must be replaced, else None."""
+        mc, now = self.config.manager, time.monotonic()
+        if child.dead():
+            code = child.proc.poll()
+            return False, f"the device worker stopped unexpectedly (exit code {code})"
+        running = self._running()
+        since = running.running_since if running is not None else None
+        if since is not None and now - since > mc.job_deadline_s + mc.watchdog_grace_s:
+            return True, "the device stopped responding"
+        if child.beat.get("loading"):
+            return None
+        waited = [now - c.sent_at for c in self._calls.values() if c.watched and c.sent_at is not None]
+        if max(waited, default=0.0) > mc.watchdog_grace_s or now - child.last_heard > mc.watchdog_grace_s:
+            return True, "the device stopped responding"
+        return None
+
+    async def _replace(self, child: Child, hung: bool, what: str) -> None:
+        """Kill `child`, end what it was stuck on, start another, send it everything still waiting."""
+        self._child = None
+        await child.kill()
+        self.restarts += 1
+        running = self._running()
+        in_short = hung and (running is None or bool(child.beat.get("short")))
+        where = f" during step {running.step + 1} of job {running.id}" if running and not in_short else ""
+        log.error("%s%s; restarting it", what, where or (" in a short job" if in_short else ""))
+        if running is not None and in_short:  # not its fault: it starts again, with the same seed
+            running.running_since, running.step = None, 0
+        elif running is not None:
+            cls = JobTimedOut if hung else InternalError
+            err = cls(f"{what} during step {running.step + 1}; the job was stopped and the worker restarted")
+            self._backlog.append(
+                {"op": "end", "job": running.id, "state": JobState.FAILED, "error": err.message}
+            )
+            self._end(running, Failed(err))
+        for job in [j for j in self._jobs.values() if j.cancel_sent]:  # the cancel may not have arrived
+            self._backlog.append({"op": "end", "job": job.id, "state": JobState.CANCELLED})
+            self._end(job, Cancelled())
+        now, grace = time.monotonic(), self.config.manager.watchdog_grace_s
+        for call in list(self._calls.values()):
+            # A short job that hung a child twice (it waited past the grace both times) is not sent a
+            # third time: it fails, so one bad request cannot restart the worker forever.
+            if in_short and call.sent_at is not None and now - call.sent_at > grace:
+                call.strikes += 1
+            if call.strikes >= CALL_STRIKES:
+                err = JobTimedOut(f"{what} twice while answering this request; it was stopped")
+                _settle(call.future, error=err)
+        try:
+            new = await self._spawn()
+        except IrisError as e:
+            self._fail_everything(e)
+            return
+        if self._closing:  # close() began while it started
+            await new.kill()
+            return
+        self._child = new
+        backlog, self._backlog = self._backlog, []
+        for message in backlog:
+            new.send(message)
+        # Load the models first (the start of the service did too): until they are loaded a slow answer
+        # is explained, and a short job that hung the last child must be judged again.
+        warm = self._new_call("warm_up", [], watched=False)
+        warm.future.add_done_callback(functools.partial(self._warmed_up, warm))
+        for job in self._jobs.values():  # their queue order is kept
+            new.send(self._imagine_message(job))
+        now = time.monotonic()
+        for call in self._calls.values():
+            call.sent_at = None
+            if not call.future.done() and not call.strikes:
+                call.sent_at = now
+                new.send(self._call_message(call))
+        self._pump_suspects()
+
+    def _pump_suspects(self) -> None:
+        """Send the next short job that was waiting on a hung child, alone: only while no other call
+        is in flight, so that if it hangs this child too it takes no innocent job down with it."""
+        child = self._child
+        if child is None or any(c.sent_at is not None for c in self._calls.values()):
+            return
+        held = [c for c in self._calls.values() if c.strikes and not c.future.done()]
+        if held and child.send(self._call_message(held[0])):
+            held[0].sent_at = time.monotonic()
+
+    def _warmed_up(self, call: _Call, future: asyncio.Future[Any]) -> None:
+        if self._calls.pop(call.id, None) is not None:
+            self._pump_suspects()
+        if not future.cancelled() and future.exception() is not None:
+            log.error("the new device worker cannot load the models: %s", future.exception())
+
+    def _fail_everything(self, error: IrisError) -> None:
+        log.error("%s", error.message)
+        self._broken = error
+        self._accepting = False
+        for job in list(self._jobs.values()):
+            self._end(job, Failed(error))
+        for call in list(self._calls.values()):
+            _settle(call.future, error=error)
+
+    def _running(self) -> _Job | None:
+        return next((j for j in self._jobs.values() if j.running_since is not None), None)
+
+    # -- short jobs --------------------------------------------------------------------------------
+    async def classify(
+        self,
+        image: Image.Image | bytes,
+        labels: Sequence[str],
+        top_k: int | None = None,
+        templates: str | None = None,
+    ) -> list[Prediction]:
+        result: list[Prediction] = await self._call("classify", image, list(labels), top_k, templates)
+        return result
+
+    async def describe(self, image: Image.Image | bytes, top_k: int = 5) -> Description:
+        result: Description = await self._call("describe", image, top_k)
+        return result
+
+    async def upscale(self, image: Image.Image | bytes) -> Upscaled:
+        result: Upscaled = await self._call("upscale", image)
+        return result
+
+    async def embed_images(self, images: Sequence[Image.Image | bytes]) -> np.ndarray:
+        result: np.ndarray = await self._call("embed_images", list(images))
+        return result
+
+    async def embed_text(self, query: str) -> np.ndarray:
+        result: np.ndarray = await self._call("embed_text", query)
+        return result
+
+    async def model_id(self) -> str:
+        result: str = await self._call("model_id")
+        return result
+
+    async def _call(self, method: str, *args: Any, watched: bool = True) -> Any:
+        self._check_open()
+        call = self._new_call(method, list(args), watched)
+        try:
+            return await call.future
+        finally:
+            if self._calls.pop(call.id, None) is not None:  # the caller gave up
+                self._pump_suspects()
+
+    def _new_call(self, method: str, args: list[Any], watched: bool) -> _Call:
+        """Register a call and send it (while no child runs, the next one gets it)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        call = _Call(next(self._call_ids), method, args, {}, future, watched)
+        self._calls[call.id] = call
+        if self._child is not None and self._child.send(self._call_message(call)):
+            call.sent_at = time.monotonic()
+        return call
+
+    @staticmethod
+    def _call_message(call: _Call) -> dict[str, Any]:
+        return {"op": "call", "id": call.id, "method": call.method, "args": call.args, "kwargs": call.kwargs}
+
+    def _check_open(self) -> None:
+        if self._broken is not None:
+            raise self._broken
+        if not self._accepting:
+            raise ServiceClosed("the service is shutting down")
+
+    # -- generations -------------------------------------------------------------------------------
+    def imagine(
+        self,
+        request: ImagineRequest,
+        owner: str,
+        meta: dict[str, str] | None = None,
+        job_id: str | None = None,
+        max_queued_per_user: int | None = None,
+    ) -> JobHandle:
+        """Queue a generation; raises QueueFull, UserLimitReached, BadRequest or ServiceClosed at once
+        (the caps are checked here, on the mirror of the queue). A journal write that fails in the child
+        (disk full) arrives as the job's Failed event."""
+        return self._enqueue(request, owner, meta, job_id, True, max_queued_per_user)
+
+    def _enqueue(
+        self,
+        request: ImagineRequest,
+        owner: str,
+        meta: dict[str, str] | None,
+        job_id: str | None,
+        admit: bool,
+        max_queued_per_user: int | None = None,
+    ) -> JobHandle:
+        self._check_open()
+        im, mc = self.config.imagine, self.config.manager
+        request = request.validated(im.max_steps, im.max_side, im.max_prompt_chars)
+        if admit:
+            queued = sum(j.running_since is None for j in self._jobs.values())
+            active = sum(j.owner == owner for j in self._jobs.values())
+            if queued >= mc.max_queue:
+                raise QueueFull(queued)
+            cap = mc.max_queued_per_user if max_queued_per_user is None else max_queued_per_user
+            limit = cap + mc.max_running_per_user
+            if active >= limit:
+                raise UserLimitReached(
+                    f"you already have {active} generation{'s' * (active > 1)} queued or running "
+                    f"(the limit is {limit}); wait for one to finish or cancel it"
+                )
+        job_id = job_id or uuid.uuid4().hex[:12]
+        handle = JobHandle(self.cancel, job_id, owner, request)
+        job = _Job(job_id, owner, request, dict(meta or {}), handle)
+        self._jobs[job_id] = job
+        if self._child is not None:
+            self._child.send(self._imagine_message(job))
+        return handle
+
+    @staticmethod
+    def _imagine_message(job: _Job) -> dict[str, Any]:
+        return {"op": "imagine", "job": job.id, "owner": job.owner, "request": job.request, "meta": job.meta}
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a queued job (gone from the queue at once, as in-process) or stop a running one
+        within one step. False if it already ended (or its cancel is under way)."""
+        job = self._jobs.get(job_id)
+        if job is None or job.cancel_sent:
+            return False
+        job.cancel_sent = True
+        sent = self._child is not None and self._child.send({"op": "cancel", "job": job_id})
+        if job.running_since is None:
+            if not sent:  # no child now: the next one journals it (a running one: _replace does)
+                self._backlog.append({"op": "end", "job": job_id, "state": JobState.CANCELLED})
+            self._end(job, Cancelled())
+        return True
+
+    def resubmit(self, entry: JournalEntry) -> JobHandle:
+        """Queue an unfinished job again under its id and seed (see InferenceManager.resubmit)."""
+        request = entry.request
+        if entry.seed is not None:
+            request = dataclasses.replace(request, seed=entry.seed)
+        handle = self._enqueue(request, entry.owner, entry.meta, entry.id, admit=False)
+        self._unfinished.pop(entry.id, None)
+        return handle
+
+    def discard(self, entry: JournalEntry, reason: str = "discarded after a restart") -> None:
+        self._unfinished.pop(entry.id, None)
+        self._to_child({"op": "end", "job": entry.id, "state": JobState.CANCELLED, "error": reason})
+
+    def unfinished(self) -> list[JournalEntry]:
+        return list(self._unfinished.values())
+
+    def undelivered(self) -> list[JournalEntry]:
+        return list(self._undelivered.values())
+
+    def mark_delivered(self, job_id: str) -> bool:
+        """GENERATED → DELIVERED, written by the child (or, after close(), here: the journal is free
+        then). True when the job was GENERATED as the journal reads now; never raises."""
+        self._undelivered.pop(job_id, None)
+        if not self._started:
+            return _mark_directly(self.config.manager.journal_path, job_id)
+        try:
+            entry = self.journal.get(job_id)
+        except Exception as e:
+            report_unexpected(log, e, f"reading job {job_id}", level=logging.WARNING)
+            entry = None
+        self._to_child({"op": "mark", "job": job_id})
+        return entry is not None and entry.state == JobState.GENERATED
+
+    def _to_child(self, message: dict[str, Any]) -> None:
+        """A journal write for the child; kept for the next child while none runs."""
+        if self._child is None or not self._child.send(message):
+            self._backlog.append(message)
+
+    # -- reading -----------------------------------------------------------------------------------
+    @property
+    def journal(self) -> Journal:
+        """The job journal, read-only here (the child writes it); open between start() and close()."""
+        if not self._started:
+            raise ServiceClosed("the inference manager is not running")
+        if self._reader is None:
+            self._reader = Journal(self.config.manager.journal_path, readonly=True)
+        return self._reader
+
+    @property
+    def has_vqgan(self) -> bool:
+        if "has_vqgan" in self._hello:
+            return bool(self._hello["has_vqgan"])
+        v = self.config.vqgan  # before the child's hello: what the config names (as the engine reads it)
+        return bool(v.preset or (v.config and v.checkpoint))
+
+    def make_request(self, prompt: str, **overrides: object) -> ImagineRequest:
+        """A request with the child's defaults (its `auto` sizes and steps, resolved for its device;
+        the config's until it has said hello), `overrides` applied (None values ignored), validated."""
+        im = self.config.imagine
+        fields: dict[str, object] = self._hello.get("defaults") or dict(
+            steps=int(im.steps), width=int(im.width), height=int(im.height), cutouts=im.cutouts, lr=im.lr,
+            generator=im.generator if self.has_vqgan else "pixels", profile=im.profile,
+        )  # fmt: skip
+        fields = {"prompt": prompt, **fields, **{k: v for k, v in overrides.items() if v is not None}}
+        req = ImagineRequest(**fields)  # type: ignore[arg-type]
+        limits = ImageLimits(self.config.images.max_bytes, self.config.images.max_pixels)
+        return req.validated(im.max_steps, im.max_side, im.max_prompt_chars, limits)
+
+    def status(self) -> ManagerStatus:
+        running: JobSummary | None = None
+        queued: list[JobSummary] = []
+        for job in self._jobs.values():
+            total = job.request.steps * job.request.count  # a four-up group runs `steps` per picture
+            if job.running_since is not None:
+                running = JobSummary(job.id, job.owner, JobState.RUNNING, job.step, total, 0)
+            else:
+                queued.append(JobSummary(job.id, job.owner, JobState.QUEUED, 0, total, len(queued) + 1))
+        beat = self._child.beat if self._child is not None else {}
+        device = beat.get("device") or self.config.device
+        models = beat.get("models", [])
+        return ManagerStatus(len(queued), running, queued, device, models, beat.get("step_time"))
+
+
+def _mark_directly(path: str, job_id: str) -> bool:
+    """After close(): a delivery that landed during the shutdown, marked in the journal now free."""
+    try:
+        journal = Journal(path)
+    except IrisError as e:  # another process owns it now: it will redeliver; say so
+        log.warning("job %s was delivered but could not be marked so: %s", job_id, e)
+        return False
+    try:
+        return journal.move(job_id, JobState.GENERATED, JobState.DELIVERED)
+    except Exception as e:
+        report_unexpected(log, e, f"marking job {job_id} delivered", level=logging.WARNING)
+        return False
+    finally:
+        journal.close()
+
+
+def _settle(future: asyncio.Future[Any], value: Any = None, error: BaseException | None = None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s stopped", task.get_name(), exc_info=task.exception())
