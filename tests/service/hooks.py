@@ -44,3 +44,12 @@ def die_on_restart(manager: Any) -> None:
     with open(marker, "w"):
         pass
     faults(manager)
+
+
+def die_loading(manager: Any) -> None:
+    """The process exits while loading the models (weights that crash the library, say)."""
+
+    async def warm_up() -> None:
+        os._exit(4)
+
+    manager.warm_up = warm_up

@@ -298,8 +298,16 @@ async def test_a_child_that_dies_at_every_start_is_one_clear_error(tmp_path, mon
         with pytest.raises(WorkerUnavailable):
             pm.imagine(req(), "carol")
         assert pm.restarts == 1  # one replacement tried (twice), not a loop
-    with pytest.raises(WorkerUnavailable, match="died at start"):
-        await ProcessManager(_config(tmp_path / "again"), setup="tests.service.hooks:die_on_restart").start()
+
+
+async def test_a_child_that_dies_loading_the_models_twice_is_one_clear_error(tmp_path):
+    pm = ProcessManager(_config(tmp_path), setup="tests.service.hooks:die_loading")
+    try:
+        with pytest.raises(WorkerUnavailable, match="failed 2 times in a row before it answered anything"):
+            await asyncio.wait_for(pm.warm_up(), 60)  # as `iris run` does first: it starts the child
+        assert pm.restarts == 2
+    finally:
+        await pm.close()
 
 
 async def test_close_kills_a_hung_child_within_its_grace(tmp_path):

@@ -125,6 +125,7 @@ class ProcessManager:
         grace = config.manager.watchdog_grace_s
         self.watch_every = min(0.25, grace / 4)
         self.restarts = 0  # children replaced since start()
+        self._unproven = 0  # children in a row replaced before they answered anything
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def __aenter__(self) -> ProcessManager:
@@ -140,7 +141,9 @@ class ProcessManager:
         return self._child.pid if self._child is not None else None
 
     async def start(self) -> None:
-        """Start the child (it opens the journal: JournalLocked if another process owns it)."""
+        """Start the child (it opens the journal: JournalLocked if another process owns it). Once."""
+        if self._started:
+            return
         self._child = await self._spawn()
         self._hello = self._child.hello
         self._unfinished = {e.id: e for e in self._hello.get("unfinished", [])}
@@ -150,7 +153,9 @@ class ProcessManager:
         self._watch_task.add_done_callback(_log_failure)
 
     async def warm_up(self) -> None:
-        """Load the models in the child: missing weights raise their one-line error here."""
+        """Load the models in the child (starting it first if need be, as `iris run` warms up before it
+        connects): missing weights raise their one-line error here."""
+        await self.start()
         await self._call("warm_up", watched=False)
 
     async def close(self, grace_s: float | None = None) -> None:
@@ -224,6 +229,7 @@ class ProcessManager:
             call = self._calls.pop(m["id"], None)
             if call is not None:
                 _settle(call.future, m.get("value"), m.get("error"))
+            child.proven = True
             self._pump_suspects()
         elif op == "beat":
             child.beat = m
@@ -243,6 +249,8 @@ class ProcessManager:
                 job.request = dataclasses.replace(job.request, seed=event.seed)
         elif isinstance(event, Progress):
             job.step = event.step
+            if self._child is not None:
+                self._child.proven = True
         if isinstance(event, TERMINAL):
             self._end(job, event)
         else:
@@ -285,6 +293,7 @@ class ProcessManager:
         self._child = None
         await child.kill()
         self.restarts += 1
+        self._unproven = 0 if child.proven else self._unproven + 1
         running = self._running()
         in_short = hung and (running is None or bool(child.beat.get("short")))
         where = f" during step {running.step + 1} of job {running.id}" if running and not in_short else ""
@@ -311,6 +320,11 @@ class ProcessManager:
                 err = JobTimedOut(f"{what} twice while answering this request; it was stopped")
                 _settle(call.future, error=err)
         try:
+            if self._unproven >= START_TRIES:  # weights that crash it while loading, say: no loop
+                raise WorkerUnavailable(
+                    f"the device worker failed {self._unproven} times in a row before it answered "
+                    f"anything ({what}); see the log above"
+                )
             new = await self._spawn()
         except IrisError as e:
             self._fail_everything(e)
