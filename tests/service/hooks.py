@@ -4,6 +4,7 @@ a test picks which job misbehaves and the replacement child behaves the same way
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from typing import Any
@@ -11,13 +12,32 @@ from typing import Any
 FOREVER_S = 10**6
 
 
+def _entered_hang() -> None:
+    """Create the file $IRIS_HANG_MARKER (when set): the test then knows the worker is stuck."""
+    marker = os.environ.get("IRIS_HANG_MARKER")
+    if marker:
+        with open(marker, "w"):
+            pass
+
+
+async def hung(marker: str, timeout: float = 30.0) -> None:
+    """Wait (in the test) until a child is inside a hanging step."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(marker):
+        if time.monotonic() > deadline:
+            raise TimeoutError("no step hung")
+        await asyncio.sleep(0.02)
+
+
 def faults(manager: Any) -> None:
-    """In prompts: "hang" — step 3 never returns; "slow" — each step takes 0.3 s more; "die" — the
-    process exits (code 3) before step 2. In embed_text queries: "hang" — the short job never returns."""
+    """In prompts: "hang" — step 3 never returns (it creates $IRIS_HANG_MARKER first, if set);
+    "slow" — each step takes 0.3 s more; "die" — the process exits (code 3) before step 2.
+    In embed_text queries: "hang" — the short job never returns."""
 
     def before_step(gen: Any) -> None:
         prompt = gen.request.prompt
         if "hang" in prompt and gen.steps_done == 2:
+            _entered_hang()
             time.sleep(FOREVER_S)
         if "slow" in prompt:
             time.sleep(0.3)

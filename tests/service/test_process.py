@@ -29,6 +29,7 @@ from iris.request import ImagineRequest
 from iris.service.events import Cancelled, Done, Failed, Progress, Queued, Started
 from iris.service.process import ProcessManager, WorkerUnavailable
 from iris.service.process._child import config_data
+from tests.service import hooks
 
 ROOT = Path(__file__).resolve().parents[2]
 FAULTS = "tests.service.hooks:faults"
@@ -238,13 +239,14 @@ async def test_a_step_that_never_returns_fails_its_job_and_the_queue_moves_on(tm
     assert time.monotonic() - t0 < 3.0
 
 
-async def test_short_jobs_waiting_on_a_hung_step_are_answered_by_the_new_child(tmp_path):
+async def test_short_jobs_waiting_on_a_hung_step_are_answered_by_the_new_child(tmp_path, monkeypatch):
+    monkeypatch.setenv("IRIS_HANG_MARKER", str(tmp_path / "hung"))
     cfg = _config(tmp_path, job_deadline_s=60.0)
     async with ProcessManager(cfg, setup=FAULTS) as pm:
         await pm.warm_up()
         hung = pm.imagine(req("hang, red circle", steps=6), "alice")
         queued = pm.imagine(req("a blue square", steps=3), "bob")
-        await until(hung, Progress, step=2)
+        await hooks.hung(str(tmp_path / "hung"))
         t0 = time.monotonic()
         preds = await asyncio.wait_for(pm.classify(picture("red"), ["red circle", "blue square"]), 20)
         assert preds[0].label == "red circle"
