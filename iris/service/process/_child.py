@@ -40,6 +40,7 @@ class Child:
     beat: dict[str, Any] = dataclasses.field(default_factory=dict)  # its latest heartbeat
     gone: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)  # its end of the pipe closed
     closed: bool = False  # it answered a close: its exit is expected
+    loading_seen: float = 0.0  # time.monotonic() of its last heartbeat saying it was loading the models
     proven: bool = False  # it answered a call or made a step: it can work (see START_TRIES)
     read_task: asyncio.Task[None] | None = None
 

@@ -233,6 +233,8 @@ class ProcessManager:
             self._pump_suspects()
         elif op == "beat":
             child.beat = m
+            if m.get("loading"):
+                child.loading_seen = time.monotonic()
             job = self._jobs.get(m["job"]) if m["job"] else None
             if job is not None:
                 job.step = max(job.step, m["step"])
@@ -283,7 +285,12 @@ class ProcessManager:
             return True, "the device stopped responding"
         if child.beat.get("loading"):
             return None
-        waited = [now - c.sent_at for c in self._calls.values() if c.watched and c.sent_at is not None]
+        # a short job's wait counts from its sending, or from the end of a model load that held it up
+        waited = [
+            now - max(c.sent_at, child.loading_seen)
+            for c in self._calls.values()
+            if c.watched and c.sent_at is not None
+        ]
         if max(waited, default=0.0) > mc.watchdog_grace_s or now - child.last_heard > mc.watchdog_grace_s:
             return True, "the device stopped responding"
         return None
