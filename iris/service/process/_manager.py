@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import itertools
 import logging
 import time
@@ -24,9 +23,7 @@ from PIL import Image
 
 from iris.config import Config
 from iris.errors import (
-    InternalError,
     IrisError,
-    JobTimedOut,
     QueueFull,
     ServiceClosed,
     UserLimitReached,
@@ -35,72 +32,24 @@ from iris.errors import (
 from iris.images import ImageLimits
 from iris.journal import JobState, Journal, JournalEntry
 from iris.request import ImagineRequest
-from iris.service.events import TERMINAL, Cancelled, Event, Failed, Progress, Started
+from iris.service.events import TERMINAL, Cancelled, Event, Progress, Started
 from iris.service.handle import JobHandle, JobSummary, ManagerStatus
 from iris.service.process._child import Child, DiedAtStart, spawn
 from iris.service.process._link import read_message
+from iris.service.process._state import Call, Job, WorkerUnavailable, call_message, imagine_message, settle
+from iris.service.process._watchdog import START_TRIES, Watchdog
 from iris.service.results import Description, Prediction, Upscaled
 
 log = logging.getLogger(__name__)
 
-START_TRIES = 2  # children in a row that may die before their hello; then the worker is reported broken
-CALL_STRIKES = 2  # a short job waiting on this many hung children fails instead of being sent again
 CLOSE_MARGIN_S = 1.0  # close(): seconds past the grace for the child's last events, then SIGKILL
 
 
-class WorkerUnavailable(IrisError):
-    """The device worker cannot be (re)started: every job and short job gets this one clear line."""
-
-
-@dataclasses.dataclass(eq=False)
-class _Job:
-    id: str
-    owner: str
-    request: ImagineRequest
-    meta: dict[str, str]
-    handle: JobHandle
-    running_since: float | None = None  # time.monotonic() when the child was first seen running it
-    step: int = 0  # steps done, from its events and the heartbeats
-    cancel_sent: bool = False
-
-
-@dataclasses.dataclass(eq=False)
-class _Call:
-    id: int
-    method: str
-    args: list[Any]
-    kwargs: dict[str, Any]
-    future: asyncio.Future[Any]
-    watched: bool  # a slow answer means a hung child (not warm_up: loading weights may take minutes)
-    sent_at: float | None = None  # time.monotonic() when sent to the current child
-    strikes: int = 0  # children it was waiting on when they hung in a short job
-
-
-class ProcessManager:
+class ProcessManager(Watchdog):
     """The Manager protocol over a child process (`python -m models.serve`) that owns the device.
 
-    The watchdog (a task on the event loop, every min(0.25 s, watchdog_grace_s / 4)) replaces the child:
-    - when a generation has run past `manager.job_deadline_s` + `manager.watchdog_grace_s` without
-      ending: the step under way did not return within the job's remaining deadline plus the grace (the
-      child checks the deadline itself between steps, so a live child never gets there);
-    - when a short job (classify, embed...) has waited `watchdog_grace_s` for its answer, or the child
-      sent nothing at all (not even its heartbeat) for that long, unless it is loading the models (a
-      short job waits for one slice of a step at most, so a live child answers well within the grace);
-    - when the child exits or is killed (its pipe closes).
-    The running job then fails with a one-line error naming the step (JobTimedOut for a hang,
-    InternalError for a crash; it is not retried: the same step may hang again), journaled FAILED.
-    When the child hung inside a batch of short jobs instead (its heartbeat says so), the generation is
-    not to blame: it runs again from its start with its seed. Each short job that had waited past the
-    grace then gets a strike; struck ones go to the new child one at a time, alone (so a request that
-    hangs every child takes no other down with it), and fail with JobTimedOut at CALL_STRIKES.
-    A new child is started and warmed up; waiting short jobs are sent again, and queued generations
-    are queued again in order under their ids, their handles still receiving events. Two children in a
-    row that die before their hello (bad weights that crash the process, a broken install) stop the
-    restarts: everything waiting fails with WorkerUnavailable, and so does every later call.
-
-    Defaults: `watchdog_grace_s` 30 s, `job_deadline_s` 900 s (config); START_TRIES 2, CALL_STRIKES 2,
-    CLOSE_MARGIN_S 1 s, a child's hello within SPAWN_TIMEOUT_S 120 s, its heartbeat every
-    min(1 s, grace / 4).
+    Its watchdog (_watchdog.py) replaces a child that hangs or dies; `close()` ends within its grace
+    plus CLOSE_MARGIN_S, killing a child that has not exited by then.
     """
 
     def __init__(self, config: Config, setup: str | None = None) -> None:
@@ -109,8 +58,8 @@ class ProcessManager:
         self.config = config
         self.setup = setup
         self._child: Child | None = None
-        self._jobs: dict[str, _Job] = {}  # queued and running generations, in queue order
-        self._calls: dict[int, _Call] = {}
+        self._jobs: dict[str, Job] = {}  # queued and running generations, in queue order
+        self._calls: dict[int, Call] = {}
         self._call_ids = itertools.count(1)
         self._backlog: list[dict[str, Any]] = []  # journal writes waiting for a live child
         self._hello: dict[str, Any] = {}
@@ -178,7 +127,7 @@ class ProcessManager:
             for job in list(self._jobs.values()):
                 self._end(job, Cancelled("shutdown"))
             for call in list(self._calls.values()):
-                _settle(call.future, error=ServiceClosed("the service is shutting down"))
+                settle(call.future, error=ServiceClosed("the service is shutting down"))
             if self._reader is not None:
                 self._reader.close()
                 self._reader = None
@@ -228,7 +177,7 @@ class ProcessManager:
         elif op == "answer":
             call = self._calls.pop(m["id"], None)
             if call is not None:
-                _settle(call.future, m.get("value"), m.get("error"))
+                settle(call.future, m.get("value"), m.get("error"))
             child.proven = True
             self._pump_suspects()
         elif op == "beat":
@@ -244,7 +193,7 @@ class ProcessManager:
         elif op == "closed":
             child.closed = True
 
-    def _on_event(self, job: _Job, event: Event) -> None:
+    def _on_event(self, job: Job, event: Event) -> None:
         if isinstance(event, Started):
             job.running_since = job.running_since or time.monotonic()
             if job.request.seed is None:  # should it run again (a restart), it makes the same picture
@@ -258,132 +207,9 @@ class ProcessManager:
         else:
             job.handle._publish(event)
 
-    def _end(self, job: _Job, event: Event) -> None:
+    def _end(self, job: Job, event: Event) -> None:
         self._jobs.pop(job.id, None)
         job.handle._publish(event)
-
-    # -- the watchdog ------------------------------------------------------------------------------
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self.watch_every)
-            child = self._child
-            if child is None or self._closing:
-                continue
-            verdict = self._diagnose(child)
-            if verdict is not None:
-                await self._replace(child, *verdict)
-
-    def _diagnose(self, child: Child) -> tuple[bool, str] | None:
-        """(hung, what happened) when `child` must be replaced, else None."""
-        mc, now = self.config.manager, time.monotonic()
-        if child.dead():
-            code = child.proc.poll()
-            return False, f"the device worker stopped unexpectedly (exit code {code})"
-        running = self._running()
-        since = running.running_since if running is not None else None
-        if since is not None and now - since > mc.job_deadline_s + mc.watchdog_grace_s:
-            return True, "the device stopped responding"
-        if child.beat.get("loading"):
-            return None
-        # a short job's wait counts from its sending, or from the end of a model load that held it up
-        waited = [
-            now - max(c.sent_at, child.loading_seen)
-            for c in self._calls.values()
-            if c.watched and c.sent_at is not None
-        ]
-        if max(waited, default=0.0) > mc.watchdog_grace_s or now - child.last_heard > mc.watchdog_grace_s:
-            return True, "the device stopped responding"
-        return None
-
-    async def _replace(self, child: Child, hung: bool, what: str) -> None:
-        """Kill `child`, end what it was stuck on, start another, send it everything still waiting."""
-        self._child = None
-        await child.kill()
-        self.restarts += 1
-        self._unproven = 0 if child.proven else self._unproven + 1
-        running = self._running()
-        in_short = hung and (running is None or bool(child.beat.get("short")))
-        where = f" during step {running.step + 1} of job {running.id}" if running and not in_short else ""
-        log.error("%s%s; restarting it", what, where or (" in a short job" if in_short else ""))
-        if running is not None and in_short:  # not its fault: it starts again, with the same seed
-            running.running_since, running.step = None, 0
-        elif running is not None:
-            cls = JobTimedOut if hung else InternalError
-            err = cls(f"{what} during step {running.step + 1}; the job was stopped and the worker restarted")
-            self._backlog.append(
-                {"op": "end", "job": running.id, "state": JobState.FAILED, "error": err.message}
-            )
-            self._end(running, Failed(err))
-        for job in [j for j in self._jobs.values() if j.cancel_sent]:  # the cancel may not have arrived
-            self._backlog.append({"op": "end", "job": job.id, "state": JobState.CANCELLED})
-            self._end(job, Cancelled())
-        now, grace = time.monotonic(), self.config.manager.watchdog_grace_s
-        for call in list(self._calls.values()):
-            # A short job that hung a child twice (it waited past the grace both times) is not sent a
-            # third time: it fails, so one bad request cannot restart the worker forever.
-            if in_short and call.sent_at is not None and now - call.sent_at > grace:
-                call.strikes += 1
-            if call.strikes >= CALL_STRIKES:
-                err = JobTimedOut(f"{what} twice while answering this request; it was stopped")
-                _settle(call.future, error=err)
-        try:
-            if self._unproven >= START_TRIES:  # weights that crash it while loading, say: no loop
-                raise WorkerUnavailable(
-                    f"the device worker failed {self._unproven} times in a row before it answered "
-                    f"anything ({what}); see the log above"
-                )
-            new = await self._spawn()
-        except IrisError as e:
-            self._fail_everything(e)
-            return
-        if self._closing:  # close() began while it started
-            await new.kill()
-            return
-        self._child = new
-        backlog, self._backlog = self._backlog, []
-        for message in backlog:
-            new.send(message)
-        # Load the models first (the start of the service did too): until they are loaded a slow answer
-        # is explained, and a short job that hung the last child must be judged again.
-        warm = self._new_call("warm_up", [], watched=False)
-        warm.future.add_done_callback(functools.partial(self._warmed_up, warm))
-        for job in self._jobs.values():  # their queue order is kept
-            new.send(self._imagine_message(job))
-        now = time.monotonic()
-        for call in self._calls.values():
-            call.sent_at = None
-            if not call.future.done() and not call.strikes:
-                call.sent_at = now
-                new.send(self._call_message(call))
-        self._pump_suspects()
-
-    def _pump_suspects(self) -> None:
-        """Send the next short job that was waiting on a hung child, alone: only while no other call
-        is in flight, so that if it hangs this child too it takes no innocent job down with it."""
-        child = self._child
-        if child is None or any(c.sent_at is not None for c in self._calls.values()):
-            return
-        held = [c for c in self._calls.values() if c.strikes and not c.future.done()]
-        if held and child.send(self._call_message(held[0])):
-            held[0].sent_at = time.monotonic()
-
-    def _warmed_up(self, call: _Call, future: asyncio.Future[Any]) -> None:
-        if self._calls.pop(call.id, None) is not None:
-            self._pump_suspects()
-        if not future.cancelled() and future.exception() is not None:
-            log.error("the new device worker cannot load the models: %s", future.exception())
-
-    def _fail_everything(self, error: IrisError) -> None:
-        log.error("%s", error.message)
-        self._broken = error
-        self._accepting = False
-        for job in list(self._jobs.values()):
-            self._end(job, Failed(error))
-        for call in list(self._calls.values()):
-            _settle(call.future, error=error)
-
-    def _running(self) -> _Job | None:
-        return next((j for j in self._jobs.values() if j.running_since is not None), None)
 
     # -- short jobs --------------------------------------------------------------------------------
     async def classify(
@@ -425,18 +251,14 @@ class ProcessManager:
             if self._calls.pop(call.id, None) is not None:  # the caller gave up
                 self._pump_suspects()
 
-    def _new_call(self, method: str, args: list[Any], watched: bool) -> _Call:
+    def _new_call(self, method: str, args: list[Any], watched: bool) -> Call:
         """Register a call and send it (while no child runs, the next one gets it)."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        call = _Call(next(self._call_ids), method, args, {}, future, watched)
+        call = Call(next(self._call_ids), method, args, {}, future, watched)
         self._calls[call.id] = call
-        if self._child is not None and self._child.send(self._call_message(call)):
+        if self._child is not None and self._child.send(call_message(call)):
             call.sent_at = time.monotonic()
         return call
-
-    @staticmethod
-    def _call_message(call: _Call) -> dict[str, Any]:
-        return {"op": "call", "id": call.id, "method": call.method, "args": call.args, "kwargs": call.kwargs}
 
     def _check_open(self) -> None:
         if self._broken is not None:
@@ -484,15 +306,11 @@ class ProcessManager:
                 )
         job_id = job_id or uuid.uuid4().hex[:12]
         handle = JobHandle(self.cancel, job_id, owner, request)
-        job = _Job(job_id, owner, request, dict(meta or {}), handle)
+        job = Job(job_id, owner, request, dict(meta or {}), handle)
         self._jobs[job_id] = job
         if self._child is not None:
-            self._child.send(self._imagine_message(job))
+            self._child.send(imagine_message(job))
         return handle
-
-    @staticmethod
-    def _imagine_message(job: _Job) -> dict[str, Any]:
-        return {"op": "imagine", "job": job.id, "owner": job.owner, "request": job.request, "meta": job.meta}
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued job (gone from the queue at once, as in-process) or stop a running one
@@ -605,15 +423,6 @@ def _mark_directly(path: str, job_id: str) -> bool:
         return False
     finally:
         journal.close()
-
-
-def _settle(future: asyncio.Future[Any], value: Any = None, error: BaseException | None = None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(value)
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:
