@@ -66,10 +66,12 @@ class IrisBot(commands.Bot):
         engine: Any = None,
         sync_global: bool = False,
         serve: bool = True,
+        manager: Manager | None = None,
         **kwargs: Any,
     ) -> None:
         """`engine`: a models.engine.Engine to run in this process (tests); `serve`: False to only push the
-        commands (`iris sync`): no inference manager, no journal."""
+        commands (`iris sync`): no inference manager, no journal; `manager`: one built already (tests),
+        instead of the config's backend."""
         intents = discord.Intents.default()
         intents.message_content = True  # /find reads attachments and embeds of past messages
         # Prompts, labels and file names are echoed back: none of their @mentions may ping anyone.
@@ -77,7 +79,7 @@ class IrisBot(commands.Bot):
         kwargs.update(self._shard_options(config))
         super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None, **kwargs)
         self.config = config
-        self.manager: Manager = open_manager(config, engine)
+        self.manager: Manager = manager or open_manager(config, engine)
         self.sync_global = sync_global
         self.serve = serve
         self.settings: Settings | None = None  # /settings; opened by setup_hook when serving

@@ -63,8 +63,13 @@ async def run_bot(config: Config, token: str, sync_global: bool = False) -> None
 
     bot = IrisBot(config, sync_global=sync_global)
     try:
-        # Load the models before connecting: missing weights fail now, with their one-line message.
-        await bot.manager.warm_up()
+        # Load the models before connecting: missing weights fail now, with their one-line message
+        # (and a device child started for it ends with it).
+        try:
+            await bot.manager.warm_up()
+        except BaseException:
+            await bot.manager.close(grace_s=0)
+            raise
         await serve(bot, token)
     except discord.LoginFailure as e:
         raise StartupError(

@@ -13,6 +13,7 @@ import fcntl
 import json
 import logging
 import os
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -96,9 +97,16 @@ class JournalEntry:
 
 
 class Journal:
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], readonly: bool = False) -> None:
+        """`readonly`: read a journal another process owns and writes (get, of_owner, in_states): no
+        lock taken, no schema made; the file must exist. Writes then raise sqlite3.OperationalError."""
         self.path = Path(path)
         check_database_file(self.path)  # a folder, a FIFO or another file: refused before any side file
+        self._lock = threading.Lock()
+        self._lock_file: IO[bytes] | None = None
+        if readonly:
+            self._db = _connect_readonly(self.path)
+            return
         self._lock_file = _take_lock(self.path)
         try:
             self._db = connect(self.path, _SCHEMA)
@@ -106,12 +114,12 @@ class Journal:
         except BaseException:
             self._lock_file.close()
             raise
-        self._lock = threading.Lock()
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
-            self._lock_file.close()  # releases the OS lock
+            if self._lock_file is not None:
+                self._lock_file.close()  # releases the OS lock
 
     def _migrate(self) -> None:
         have = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
@@ -240,6 +248,15 @@ def _decode(value: Any, blobs: list[bytes]) -> Any:
             return tuple(_decode(v, blobs) for v in value["$tuple"])
         return {k: _decode(v, blobs) for k, v in value.items()}
     return value
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    try:
+        return sqlite3.connect(
+            f"{path.absolute().as_uri()}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
+        )
+    except sqlite3.Error as e:
+        raise BadFile(f"cannot read the job journal {path}: {e}") from None
 
 
 def _take_lock(path: Path) -> IO[bytes]:

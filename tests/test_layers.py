@@ -20,6 +20,7 @@ BOT_MODULES = [
     "bot.commands.settings",
     "bot.commands.status",
     "iris.service",
+    "iris.service.process",
 ]
 
 

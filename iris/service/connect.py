@@ -1,4 +1,4 @@
-"""Which inference backend serves this process: `manager.backend` in the config."""
+"""Which inference backend serves this process: `manager.backend` and `manager.isolate` in the config."""
 
 from __future__ import annotations
 
@@ -9,8 +9,24 @@ from iris.service.protocol import Manager
 
 
 def open_manager(config: Config, engine: Any = None) -> Manager:
-    """The manager for `config` (not started). `engine`: a models.engine.Engine to run in this process
-    (tests and the CLI pass the one they built). torch is imported only by the backends that need it."""
+    """The manager for `config` (not started). torch is imported only by the backends that need it.
+
+    - `engine` given (a models.engine.Engine, as tests and the CLI build): that engine, in this process;
+    - backend "local", `isolate: true` (the default): a child process owns the device, watched and
+      replaced when it hangs or dies (iris/service/process);
+    - backend "local", `isolate: false`: a worker thread of this process owns it (models/manager.py);
+    - backend "nats": workers behind the broker (iris/service/nats).
+    """
+    m = config.manager
+    if engine is None and m.backend == "nats":
+        from iris.service.nats import NatsManager  # type: ignore[import-not-found, unused-ignore]
+
+        manager: Manager = NatsManager(config)
+        return manager
+    if engine is None and m.isolate:
+        from iris.service.process import ProcessManager
+
+        return ProcessManager(config)
     from models.manager import InferenceManager
 
     return InferenceManager(config, engine)

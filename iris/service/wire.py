@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from iris import errors
-from iris.journal import JobState, JournalEntry
+from iris.journal import JobState, JournalEntry, JournalLocked
 from iris.request import ImagineRequest
 from iris.service import events, results
 from iris.service.handle import JobSummary, ManagerStatus
@@ -43,6 +43,7 @@ _ERRORS: dict[str, type[errors.IrisError]] = {
     for t in vars(errors).values()
     if isinstance(t, type) and issubclass(t, errors.IrisError) and t is not errors.QueueFull
 }
+_ERRORS[JournalLocked.__name__] = JournalLocked  # a child's journal held by another process
 
 
 class WireError(ValueError):
