@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from dataclasses import asdict
@@ -304,11 +303,10 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    from bot.run import main as run_bot
-    from models.device import resolve_device, resolve_imagine
+    from bot.run import main as run_bot  # no torch in this process: the defaults sized for the device
+    # (auto steps and size) come from whatever runs the models (the child's hello, a worker)
 
-    # the bot reads imagine's defaults from the config: hand it the ones picked for this device
-    run_bot(dataclasses.replace(cfg, imagine=resolve_imagine(cfg.imagine, resolve_device(cfg.device))))
+    run_bot(cfg)
     return 0
 
 
