@@ -15,8 +15,9 @@ from discord.ext import commands
 from bot.errors import on_tree_error
 from bot.i18n import Translator
 from iris.config import Config, GuildConfig
-from iris.service import Manager, open_manager
+from iris.service import Manager
 from iris.settings import Settings, SqliteSettings, UserSettings
+from models.connect import open_manager
 
 log = logging.getLogger(__name__)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +22,7 @@ BOT_MODULES = [
     "bot.commands.settings",
     "bot.commands.status",
     "iris.service",
+    "models.connect",
     "iris.service.process",
 ]
 
@@ -43,3 +46,37 @@ def test_models_never_import_discord(module: str) -> None:
     loaded = _loaded([module])
     assert "torch" in loaded
     assert not {m for m in loaded if m == "discord" or m.startswith("discord.")}
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file names in an import statement, at any depth (lazy imports count too)."""
+    tree = ast.parse(path.read_text(), str(path))
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            out.add(node.module)
+    return out
+
+
+# What each layer may never name: the core sits below the engine and the bot (the command line, which
+# wires every layer together, sits above them all); the engine never reaches Discord.
+FORBIDDEN = {
+    "iris": ("models", "bot", "torch", "discord", "open_clip", "taming"),
+    "models": ("bot", "discord"),
+    "bot": ("torch", "open_clip", "taming"),
+}
+
+
+@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
+def test_no_layer_names_one_above_it(layer: str) -> None:
+    root = Path(__file__).resolve().parents[1]
+    bad = []
+    for path in sorted((root / layer).rglob("*.py")):
+        if path.relative_to(root).parts[:2] == ("iris", "cli"):
+            continue
+        for name in _imports(path):
+            if name.split(".")[0] in FORBIDDEN[layer]:
+                bad.append(f"{path.relative_to(root)}: {name}")
+    assert not bad

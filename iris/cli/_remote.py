@@ -14,7 +14,6 @@ from PIL import Image
 
 from iris.config import Config
 from iris.errors import IrisError, JobCancelled
-from iris.service import open_manager
 from iris.service.events import Done, Progress
 from iris.service.results import Prediction
 
@@ -30,6 +29,8 @@ def classify(
     cfg: Config, images: Sequence[Image.Image], labels: list[str], top_k: int | None, templates: str | None
 ) -> list[list[Prediction]]:
     async def run() -> list[list[Prediction]]:
+        from models.connect import open_manager  # the command line sits above every layer
+
         manager = open_manager(cfg)
         await manager.start()
         try:
@@ -51,6 +52,8 @@ def imagine(
     from tqdm import tqdm
 
     async def run() -> Done:
+        from models.connect import open_manager  # the command line sits above every layer
+
         manager = open_manager(cfg)
         await manager.start()
         bar = None

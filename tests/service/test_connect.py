@@ -9,8 +9,8 @@ import pytest
 from iris.config import parse_config
 from iris.journal import JobState, Journal
 from iris.request import ImagineRequest
-from iris.service import open_manager
 from iris.service.process import ProcessManager
+from models.connect import open_manager
 
 
 def test_the_config_picks_the_backend(tmp_path, toy_engine):

@@ -1,4 +1,6 @@
-"""Which inference backend serves this process: `manager.backend` and `manager.isolate` in the config."""
+"""Which inference backend serves this process: `manager.backend` and `manager.isolate` in the config.
+
+No torch here (the bot imports this module): each backend is imported only when it is chosen."""
 
 from __future__ import annotations
 
