@@ -1,6 +1,10 @@
-"""Figures for the device child and its watchdog on the toy models (not a test; prints seconds):
+"""The device child and its watchdog on the toy models, against a bare baseline in the same run:
 
-    OMP_NUM_THREADS=1 python -m tests.service.measure_watchdog
+    OMP_NUM_THREADS=1 python bench/watchdog_recovery.py
+
+The baseline is what any replacement must pay: a bare Python process that imports torch and open_clip and
+loads the toy CLIP. The ratio says what the watchdog's replacement costs on top (journal, hello, warm-up,
+re-queueing).
 
 - start: ProcessManager.start() (spawn, torch import, journal open, hello) and warm_up (models loaded);
 - a step that hangs (job_deadline_s 2, watchdog_grace_s 0.5): from the job's start to its Failed event,
@@ -13,9 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from PIL import Image
 
@@ -25,7 +33,18 @@ from tests.service import hooks
 from tests.service.test_process import _config, req
 
 
+def bare_process_s() -> float:
+    """A bare process with the toy CLIP loaded: the floor of any replacement."""
+    t = time.monotonic()
+    code = "from models.engine import Engine\nfrom iris.config import load_config\n"
+    code += "Engine(load_config('config.toy.yaml')).clip\n"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    return time.monotonic() - t
+
+
 async def main(tmp: Path) -> None:
+    bare = bare_process_s()
+    print(f"bare process, toy CLIP loaded: {bare:.2f} s")
     cfg = _config(tmp, job_deadline_s=2.0)
     pm = ProcessManager(cfg, setup="tests.service.hooks:faults")
     t = time.monotonic()
@@ -47,7 +66,7 @@ async def main(tmp: Path) -> None:
             t2 = time.monotonic()
     print(
         f"hung job: start to Failed {t1 - t0:.2f} s (deadline 2 + grace 0.5); Failed to the next job's "
-        f"Started on the new child {t2 - t1:.2f} s"
+        f"Started on the new child {t2 - t1:.2f} s (ratio to the bare process: {(t2 - t1) / bare:.2f})"
     )
 
     os.remove(os.environ["IRIS_HANG_MARKER"])  # made by the first hang
