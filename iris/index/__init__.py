@@ -5,7 +5,8 @@
 them; `folder` is what `iris find` does with a folder.
 """
 
+from iris.index.base import Hit, ScanState
 from iris.index.folder import EmbedFn, IndexReport, index_folder
-from iris.index.store import Hit, ImageIndex, ScanState
+from iris.index.store import ImageIndex
 
 __all__ = ["EmbedFn", "Hit", "ImageIndex", "IndexReport", "ScanState", "index_folder"]
