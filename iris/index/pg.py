@@ -139,7 +139,15 @@ class PgLog:
     def load(self, group: str, model_id: str) -> tuple[GroupVectors, int]:
         """One repeatable-read snapshot, so the rows and the change number agree (seqs commit in order)."""
         db = self._db()
-        lo, hi = scope_range(group)
+        # A server's channels are a range of scopes; any other group is its one scope (no NUL in text).
+        where, args = (
+            ("i.scope >= %s AND i.scope < %s", scope_range(group))
+            if group.endswith(":")
+            else (
+                "i.scope = %s",
+                (group,),
+            )
+        )
         with db.transaction():
             db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             seq = self.last_seq()
@@ -147,8 +155,8 @@ class PgLog:
                 cur.execute(
                     "SELECT i.id, i.scope, v.vector FROM items i JOIN vectors v "
                     "ON v.content_hash = i.content_hash AND v.model_id = %s "
-                    "WHERE i.status = 'ok' AND i.scope >= %s AND i.scope < %s ORDER BY i.scope",
-                    (model_id, lo, hi),
+                    f"WHERE i.status = 'ok' AND {where} ORDER BY i.scope",
+                    (model_id, *args),
                 )
                 g = build_group(iter(lambda: cur.fetchmany(4096), []))
         return g, seq
