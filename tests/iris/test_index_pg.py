@@ -15,7 +15,8 @@ import pytest
 from iris.config import IndexConfig
 from iris.errors import IrisError
 from iris.index import ImageIndex, open_index
-from iris.index.pg import IndexUnavailable, PgIndex
+from iris.index.pg import PgIndex
+from iris.index.pg_conn import IndexUnavailable
 from tests.pg_server import PgServer
 
 V = np.eye(8, dtype=np.float32)
