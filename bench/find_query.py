@@ -175,8 +175,8 @@ def main() -> None:
         after = index.search_stats()
         reloaded = after["loads"] != stats["loads"]
         print(
-            f"  +{args.append:,} vectors, -{args.delete:,} items: {type(index).__name__} writes {write_s:.2f} s; "
-            "next search "
+            f"  +{args.append:,} vectors, -{args.delete:,} items: {type(index).__name__} writes "
+            f"{write_s:.2f} s; next search "
             f"(delta + query) {delta_s * 1000:.0f} ms, {'RELOADED' if reloaded else 'no reload'}; structure "
             f"now {after['bytes'] / ((n + args.append) * dim * 2):.3f} × raw allocated, process RSS "
             f"{(rss() - before) / ((n + args.append) * dim * 2):.3f} × raw   (target ≤ {TARGET_DELTA_S} s)"
