@@ -70,13 +70,15 @@ class PgIndex(SearchingIndex):
         self.config = config or IndexConfig()
         self.clock = clock  # unix seconds; injectable so retention is testable
         self._lock = threading.RLock()
+        self._closed = False
         self._conn: Conn | None = connect(url)
         try:
             migrate(self._conn)
-        except psycopg.errors.FeatureNotSupported as e:  # no pgvector on that server
+        except psycopg.DatabaseError as e:  # e.g. no pgvector on that server, or no right to add it
             self._conn.close()
             raise IndexUnavailable(
-                f"the search index database {self.where} cannot create the vector extension (pgvector): {e}"
+                f"the search index database {self.where} could not be set up: {e}. It needs the pgvector "
+                "extension (a superuser can run CREATE EXTENSION vector in that database)"
             ) from None
         register_halfvec(self._conn)
         self._search = SearchCache(PgLog(self._db), self.config.search_memory_mib * 2**20)
@@ -85,6 +87,8 @@ class PgIndex(SearchingIndex):
     # -- the connection ------------------------------------------------------------------------------
     def _db(self) -> Conn:
         """The open connection, opened again when it was lost; called under the lock."""
+        if self._closed:
+            raise IndexUnavailable("the search index is closed (the bot is shutting down)")
         if self._conn is None or self._conn.closed or self._conn.broken:
             if self._conn is not None:
                 self._conn.close()
@@ -107,6 +111,7 @@ class PgIndex(SearchingIndex):
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._search.clear()
             if self._conn is not None:
                 self._conn.close()

@@ -113,3 +113,12 @@ def test_a_server_down_is_a_clear_error_and_its_return_is_picked_up():
         finally:
             ix.close()
             server.stop()
+
+
+def test_a_database_where_pgvector_cannot_be_added_is_a_clear_error(pg_server):
+    url = pg_server.new_database()
+    role = "guest_" + url.split("/")[3].split("?")[0]
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")  # may not create extensions (nor tables) there
+    with pytest.raises(IndexUnavailable, match="CREATE EXTENSION vector"):
+        PgIndex(url.replace("postgres:@", f"{role}:@"))
