@@ -7,6 +7,8 @@ import sys
 import pytest
 import torch
 
+pytest_plugins = ["tests.pg_server"]  # pg_server, pg_url: a real PostgreSQL for the index tests
+
 torch.set_num_threads(max(1, torch.get_num_threads()))
 
 

@@ -25,7 +25,7 @@ from bot.find._render import grid
 from bot.find._scan import DiscordIndex, can_read, is_excluded, scope_of
 from bot.find._views import FindButton, RefreshButton, ShareButton
 from iris.errors import BadRequest, IrisError
-from iris.index import Hit, ImageIndex
+from iris.index import Hit, open_index
 from iris.query import combine, parse_query
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class Find(commands.Cog):
     def __init__(self, bot: IrisBot) -> None:
         self.bot = bot
         self.config = bot.config.discord
-        self.index = ImageIndex(bot.config.index.path, bot.config.index)
+        self.index = open_index(bot.config.index)
         self.discord_index = DiscordIndex(
             bot.config, bot.manager, self.index, lambda gid: bot.guild_config(gid).find_excluded
         )

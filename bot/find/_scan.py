@@ -28,7 +28,7 @@ from bot.find._tasks import Tasks
 from iris.config import Config
 from iris.errors import BadImage
 from iris.images import ImageLimits, image_sha256, load_image
-from iris.index import ImageIndex, ScanState
+from iris.index import Index, ScanState
 from iris.service import Manager
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class DiscordIndex:
         self,
         config: Config,
         manager: Manager,
-        index: ImageIndex,
+        index: Index,
         guild_excluded: Callable[[int | None], Iterable[str]] | None = None,
     ) -> None:
         self.config = config

@@ -20,7 +20,7 @@ from iris.images import (
     load_image,
     read_image_bytes,
 )
-from iris.index.store import ImageIndex
+from iris.index.base import Index
 
 
 @dataclass
@@ -37,7 +37,7 @@ EmbedFn = Callable[[Sequence[Image.Image]], np.ndarray]
 
 
 def index_folder(
-    index: ImageIndex,
+    index: Index,
     folder: str | os.PathLike[str],
     embed: EmbedFn,
     model_id: str,

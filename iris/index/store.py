@@ -19,17 +19,17 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from iris.config import IndexConfig
+from iris.index.base import ScanState, SearchingIndex, message_of
 from iris.index.schema import ADDED_COLUMNS, SCHEMA
-from iris.index.search import SearchCache, group_of, load_group
+from iris.index.search import SearchCache, SqliteLog
 from iris.index.sql import chunks, qs
-from iris.index.vectors import View, top_k
+from iris.index.vectors import GroupVectors
 from iris.sqlite import connect, transaction
 
 log = logging.getLogger(__name__)
@@ -39,28 +39,7 @@ PRUNE_EVERY_S = 3_600.0  # retention runs at most this often, on saved queries a
 CHANGES_KEPT = 200_000  # log entries kept; a reader further behind reloads instead of replaying
 
 
-@dataclass(frozen=True)
-class ScanState:
-    newest: int | None = None
-    oldest: int | None = None
-    complete: bool = False
-
-
-@dataclass(frozen=True)
-class Hit:
-    scope: str
-    key: str
-    score: float  # cosine similarity to the query
-    meta: dict[str, Any]
-
-
-def message_of(key: str) -> str | None:
-    """The message id a Discord item key ("MESSAGE/ATTACHMENT") belongs to; None for a folder path."""
-    head, sep, _ = key.partition("/")
-    return head if sep and head.isdigit() else None
-
-
-class ImageIndex:
+class ImageIndex(SearchingIndex):
     """The image index on one SQLite file; any number of processes may open the same file."""
 
     def __init__(
@@ -75,7 +54,7 @@ class ImageIndex:
         self._db = connect(self.path, SCHEMA)
         self._lock = threading.RLock()
         self._migrate()
-        self._search = SearchCache(self._db, self.config.search_memory_mib * 2**20)
+        self._search = SearchCache(SqliteLog(self._db), self.config.search_memory_mib * 2**20)
         self._pruned_at = -float("inf")  # retention first runs on the first write that checks it (off
         # the opener's path: an upgraded file's first run touches every vector once, in short steps)
 
@@ -382,53 +361,21 @@ class ImageIndex:
             q = "SELECT COUNT(*) FROM items WHERE status = 'ok' AND scope = ?"
             return int(self._db.execute(q, (scope,)).fetchone()[0])
 
-    # -- search ------------------------------------------------------------------------------------
-    def search(self, query: np.ndarray, scopes: Sequence[str], model_id: str, k: int = 10) -> list[Hit]:
-        """Top-k items of `scopes` by cosine similarity to the unit vector `query`.
+    # -- search (the rest is SearchingIndex's) -----------------------------------------------------
+    def _item_rows(self, ids: Sequence[int]) -> dict[int, tuple[str, str, dict[str, Any]]]:
+        return {
+            r[0]: (r[1], r[2], json.loads(r[3]))
+            for chunk in chunks(list(ids), 500)
+            for r in self._db.execute(
+                f"SELECT rowid, scope, key, meta FROM items WHERE rowid IN ({qs(chunk)})", chunk
+            )
+        }
 
-        Each server (or folder) has one in-memory structure; `scopes` is a filter over it, exact."""
-        q = np.asarray(query, dtype=np.float32).reshape(-1)
-        by_group: dict[str, list[str]] = {}
-        for s in dict.fromkeys(scopes):
-            by_group.setdefault(group_of(s), []).append(s)
-        views = [v for group, allowed in by_group.items() for v in self._views(group, model_id, allowed)]
-        found = top_k(views, q, k)  # without the lock: writes and other searches go on
-        with self._lock:
-            rows: dict[int, tuple[str, str, str]] = {
-                r[0]: (r[1], r[2], r[3])
-                for chunk in chunks([rowid for _, rowid in found], 500)
-                for r in self._db.execute(
-                    f"SELECT rowid, scope, key, meta FROM items WHERE rowid IN ({qs(chunk)})", chunk
-                )
-            }
-        # An item deleted between scoring and this read is left out; its rowid, if reused by then, must
-        # still name an allowed scope.
-        asked = set(scopes)
-        hits = [
-            Hit(*rows[rid][:2], score, json.loads(rows[rid][2]))
-            for score, rid in found
-            if rid in rows and rows[rid][0] in asked
-        ]
-        hits.sort(key=lambda h: (-h.score, h.scope, h.key))
-        return hits
-
-    def warm(self, scope: str, model_id: str) -> None:
-        """Load the search structure of `scope`'s server (or folder) now, ahead of its first search."""
-        self._views(group_of(scope), model_id, [])
-
-    def _views(self, group: str, model_id: str, allowed: Sequence[str]) -> list[View]:
-        """`allowed`'s rows in `group`, up to date; a group not in memory is loaded on a connection of
-        its own, without the lock (a million vectors take seconds), then catches up under it."""
-        with self._lock:
-            got = self._search.views(group, model_id, allowed)
-        if got is not None:
-            return got
+    def _load_detached(self, group: str, model_id: str) -> tuple[GroupVectors, int]:
         with closing(sqlite3.connect(self.path, timeout=60)) as db:
-            loaded, seq = load_group(db, group, model_id)
-        with self._lock:
-            return self._search.adopt(group, model_id, loaded, seq).views(allowed)
+            return load_group(db, group, model_id)
 
-    def search_stats(self) -> dict[str, int]:
-        """What the in-memory search structures hold: bytes, vectors, loads and delta updates so far."""
-        with self._lock:
-            return self._search.stats()
+
+def load_group(db: sqlite3.Connection, group: str, model_id: str) -> tuple[GroupVectors, int]:
+    """Every searchable vector of `group` for `model_id`, and the last change the snapshot includes."""
+    return SqliteLog(db).load(group, model_id)

@@ -34,6 +34,7 @@ class World:
     mod: object
     tmp: Path
     shared: object
+    index_url: str | None = None  # set: the bots' /find index is on this PostgreSQL database
 
     def config(self, **discord_overrides):
         data = yaml.safe_load((ROOT / "config.toy.yaml").read_text())
@@ -46,7 +47,7 @@ class World:
         data["manager"] = {"journal_path": str(self.tmp / "jobs.sqlite3"), "close_grace_s": 0.0}
         data["imagine"].update(steps=8, preview_every=2)
         data["images"] = {"max_bytes": 400_000}
-        data["index"] = {"path": str(self.tmp / "index.sqlite3")}
+        data["index"] = {"path": str(self.tmp / "index.sqlite3"), "url": self.index_url}
         data["data_dir"] = str(self.tmp)  # the heartbeat and any other state stay in the test's folder
         data["settings"] = {"path": str(self.tmp / "settings.sqlite3")}
         return parse_config(data)

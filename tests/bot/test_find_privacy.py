@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import pytest
+
 from models.toy import world
 from tests.bot.test_find import find_bot, numbers, post_samples, reds, run_find
 from tests.fake_discord.models import READ_MESSAGE_HISTORY, VIEW_CHANNEL
+
+
+@pytest.fixture(autouse=True)
+def _on_each_index_backend(w, index_url):
+    """Every test here runs on the SQLite index and on PostgreSQL: the same permission filter."""
+    w.index_url = index_url
+    yield
+    if index_url:  # the bot really indexed into PostgreSQL
+        import psycopg
+
+        with psycopg.connect(index_url) as db:
+            assert db.execute("SELECT COUNT(*) FROM items").fetchone()[0] > 0
 
 
 async def _staff_world(w):

@@ -1,12 +1,14 @@
-"""The SQLite image index: incremental folder indexing, content-hash reuse, removal, bad files, search."""
+"""The image index, on SQLite and on PostgreSQL: incremental folder indexing, content-hash reuse, removal,
+bad files, search."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from iris.index import ImageIndex, index_folder
+from iris.index import index_folder
 from models.toy import world
+from tests.pg_server import open_test_index
 
 
 class CountingEmbed:
@@ -29,9 +31,9 @@ def folder(tmp_path):
     return d
 
 
-def test_rerun_embeds_only_new_content(toy_clip, folder, tmp_path):
+def test_rerun_embeds_only_new_content(toy_clip, folder, tmp_path, index_url):
     embed = CountingEmbed(toy_clip)
-    with ImageIndex(tmp_path / "i.sqlite3") as index:
+    with open_test_index(tmp_path, index_url) as index:
         r1 = index_folder(index, folder, embed, toy_clip.name)
         assert (r1.embedded, embed.images) == (6, 6)
         r2 = index_folder(index, folder, embed, toy_clip.name)
@@ -44,8 +46,8 @@ def test_rerun_embeds_only_new_content(toy_clip, folder, tmp_path):
         assert index.count(f"folder:{folder.resolve()}") == 8
 
 
-def test_removed_files_leave_the_index(toy_clip, folder, tmp_path):
-    with ImageIndex(tmp_path / "i.sqlite3") as index:
+def test_removed_files_leave_the_index(toy_clip, folder, tmp_path, index_url):
+    with open_test_index(tmp_path, index_url) as index:
         index_folder(index, folder, CountingEmbed(toy_clip), toy_clip.name)
         victim = sorted(folder.iterdir())[0]
         victim.unlink()
@@ -56,10 +58,10 @@ def test_removed_files_leave_the_index(toy_clip, folder, tmp_path):
         assert victim.name not in {h.key for h in hits} and len(hits) == 5
 
 
-def test_bad_files_are_counted_not_fatal(toy_clip, folder, tmp_path):
+def test_bad_files_are_counted_not_fatal(toy_clip, folder, tmp_path, index_url):
     (folder / "page.png").write_text("<html>nope</html>")
     (folder / "empty.jpg").write_bytes(b"")
-    with ImageIndex(tmp_path / "i.sqlite3") as index:
+    with open_test_index(tmp_path, index_url) as index:
         report = index_folder(index, folder, CountingEmbed(toy_clip), toy_clip.name)
         assert report.bad == 2 and report.embedded == 6
         assert any("page.png" in p for p in report.problems)
@@ -67,13 +69,12 @@ def test_bad_files_are_counted_not_fatal(toy_clip, folder, tmp_path):
         assert again.bad == 2 and again.embedded == 0
 
 
-def test_vectors_survive_reopen_and_model_change_reembeds(toy_clip, folder, tmp_path):
-    path = tmp_path / "i.sqlite3"
-    with ImageIndex(path) as index:
+def test_vectors_survive_reopen_and_model_change_reembeds(toy_clip, folder, tmp_path, index_url):
+    with open_test_index(tmp_path, index_url) as index:
         index_folder(index, folder, CountingEmbed(toy_clip), toy_clip.name)
         q = toy_clip.encode_texts(["a blue square"])[0]
         before = index.search(q, [f"folder:{folder.resolve()}"], toy_clip.name, k=3)
-    with ImageIndex(path) as index:
+    with open_test_index(tmp_path, index_url) as index:
         after = index.search(q, [f"folder:{folder.resolve()}"], toy_clip.name, k=3)
         assert [h.key for h in after] == [h.key for h in before]
         np.testing.assert_allclose([h.score for h in after], [h.score for h in before], atol=1e-6)
@@ -83,8 +84,8 @@ def test_vectors_survive_reopen_and_model_change_reembeds(toy_clip, folder, tmp_
         assert index.search(q, ["folder:elsewhere"], toy_clip.name) == []
 
 
-def test_search_sees_changes_through_the_cache(tmp_path):
-    with ImageIndex(tmp_path / "i.sqlite3") as index:
+def test_search_sees_changes_through_the_cache(tmp_path, index_url):
+    with open_test_index(tmp_path, index_url) as index:
         v = np.eye(4, dtype=np.float32)
         index.put_vectors("m", {"h0": v[0], "h1": v[1]})
         index.upsert("s", "a", "h0", {})
@@ -96,18 +97,19 @@ def test_search_sees_changes_through_the_cache(tmp_path):
         assert [h.key for h in index.search(v[1], ["s"], "m")] == ["a"]
 
 
-def test_a_failed_multi_statement_write_leaves_nothing(tmp_path):
+def test_a_failed_multi_statement_write_leaves_nothing(tmp_path, index_url):
     """remove_scope deletes items AND the scan state; an error between the two must undo the first."""
-    from iris.index import ImageIndex, ScanState
+    from iris.index import ScanState
     from iris.sqlite import transaction
 
-    index = ImageIndex(tmp_path / "i.sqlite3")
+    index = open_test_index(tmp_path, index_url)
     index.upsert("s", "k", None, {}, status="bad")
     index.set_scan_state("s", ScanState(5, 1, True))
     try:
-        with transaction(index._db):
-            index._db.execute("DELETE FROM items WHERE scope = 's'")
+        with index._write() if index_url else transaction(index._db) as db:
+            db.execute("DELETE FROM items WHERE scope = 's'")
             raise RuntimeError("disk full")
     except RuntimeError:
         pass
     assert index.items("s") and index.scan_state("s").complete
+    index.close()

@@ -1,4 +1,5 @@
-"""The index's SQLite side: thumbnails, `known` without decoding a channel, deletes that win, retention."""
+"""The index's store, on SQLite and on PostgreSQL: thumbnails, `known` without decoding a channel,
+deletes that win, retention."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 
 from iris.config import IndexConfig
 from iris.index import ImageIndex
+from tests.pg_server import open_test_index
 
 DAY = 86_400.0
 
@@ -25,8 +27,8 @@ def clock():
 
 
 @pytest.fixture
-def index(tmp_path, clock):
-    with ImageIndex(tmp_path / "i.sqlite3", IndexConfig(tombstone_days=2, retention_days=30), clock) as ix:
+def index(tmp_path, clock, index_url):
+    with open_test_index(tmp_path, index_url, IndexConfig(tombstone_days=2, retention_days=30), clock) as ix:
         yield ix
 
 
