@@ -478,3 +478,23 @@ def test_a_damaged_file_gives_one_line_without_library_warnings(tmp_path):
     )
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("iris: error:") and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_find_uses_the_configured_postgresql_index(capsys, shapes, tmp_path, pg_url):
+    """Without --index, `iris find` opens the index the config names: index.url puts it in PostgreSQL."""
+    import yaml
+
+    from iris.config import parse_config
+    from iris.index.pg import PgIndex
+
+    config = yaml.safe_load((ROOT / "config.toy.yaml").read_text())
+    config["index"] = {**config.get("index", {}), "url": pg_url}
+    config["data_dir"] = str(tmp_path / "data")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    code = main(["find", str(shapes), "a red circle", "-k", "2", "--config", str(path), "--json"])
+    out = capsys.readouterr().out
+    assert code == 0 and _hit_names(out)[0] == "red_circle"
+    assert not list((tmp_path / "data").glob("*index*"))  # no SQLite file was made
+    with PgIndex(pg_url, parse_config(config).index) as index:
+        assert index.count() == len(list(shapes.iterdir()))

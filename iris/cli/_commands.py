@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import closing
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,7 @@ def _find_target(args: argparse.Namespace) -> tuple[Path, str]:
 def cmd_find(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from iris.images import ImageLimits, load_image
-    from iris.index import ImageIndex, index_folder
+    from iris.index import ImageIndex, index_folder, open_index
     from iris.query import combine, parse_query
 
     folder, query = _find_target(args)
@@ -113,7 +114,8 @@ def cmd_find(args: argparse.Namespace) -> int:
     image = load_image(args.image, limits, name=args.image) if args.image else None  # before any model
     engine = _engine(cfg)
     clip = engine.clip
-    with ImageIndex(args.index or cfg.index.path, cfg.index) as index:
+    # --index names a SQLite file; else the configured index (index.url: PostgreSQL, else index.path)
+    with closing(ImageIndex(args.index, cfg.index) if args.index else open_index(cfg.index)) as index:
         bar = _progress_bar("indexing", args.json)
         report = index_folder(
             index,
