@@ -287,6 +287,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    """A device's worker for manager.backend: nats, until SIGTERM."""
+    from iris.service.nats import run_worker
+
+    return run_worker(_config(args), args.device)
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     cfg = _config(args)
     import asyncio
