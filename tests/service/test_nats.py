@@ -4,11 +4,13 @@ toy models, NatsManager as the bot holds it."""
 from __future__ import annotations
 
 import asyncio
+import signal
 
 import numpy as np
 import pytest
 
 from iris.config import parse_config
+from iris.errors import JobCancelled, UserLimitReached
 from iris.journal import JobState
 from iris.request import ImagineRequest
 from iris.service import open_manager
@@ -19,7 +21,7 @@ from tests.service.nats_server import nats_server_fixture, toy_config, wait_unti
 
 
 def req(prompt: str = "a red circle", steps: int = 6, **kw) -> ImagineRequest:
-    return ImagineRequest(prompt, steps=steps, width=32, height=32, cutouts=4, **kw)
+    return ImagineRequest(prompt, steps=steps, **{"width": 32, "height": 32, "cutouts": 4, **kw})
 
 
 @pytest.fixture
@@ -53,3 +55,88 @@ async def test_classify_embed_and_imagine_run_on_a_worker(tmp_path, config, work
         assert m.mark_delivered(handle.id)
         await wait_until(lambda: m.mirror.records[handle.id].entry.state == JobState.DELIVERED)
         assert [e.id for e in m.journal.of_owner("alice", 5)] == [handle.id]
+
+
+async def test_short_jobs_go_to_the_least_busy_worker(config, workers):
+    workers.start(config)
+    workers.start(config)
+    async with NatsManager(parse_config(config)) as m:
+        await wait_until(lambda: len(m.mirror.workers()) == 2, what="two workers")
+        long = m.imagine(req(steps=400), owner="alice")
+        busy = await wait_until(
+            lambda: next((k for k, v in m.mirror.workers().items() if v.get("running") == long.id), None),
+            what="a worker running the generation",
+        )
+        image = world.make_image("blue", "square", seed=3)
+        for _ in range(6):
+            preds = await m.classify(image, list(world.CLASSES), top_k=1)
+            assert preds[0].label == "blue square"
+        assert m.answered_by[busy] == 0 and sum(m.answered_by.values()) == 6
+        assert long.cancel()
+        with pytest.raises(JobCancelled):
+            await long.result()
+
+
+async def test_caps_are_global_and_cancel_works_from_any_bot(tmp_path, nats_server, workers):
+    caps = {"max_queued_per_user": 1, "max_running_per_user": 1}
+    data = toy_config(tmp_path, nats_server.url, manager=caps)
+    data["imagine"].update(width=64, height=64, cutouts=16)  # steps long enough to count them
+    workers.start(data)
+    one = parse_config({**data, "data_dir": str(tmp_path / "bot1")})
+    two = parse_config({**data, "data_dir": str(tmp_path / "bot2")})
+    async with NatsManager(one) as a, NatsManager(two) as b:
+        await wait_until(lambda: a.mirror.workers(), what="a worker")
+        first = a.imagine(req(steps=300, width=64, height=64, cutouts=16), owner="alice")
+        second = a.imagine(req(steps=300, width=64, height=64, cutouts=16), owner="alice")
+        with pytest.raises(UserLimitReached):  # in the same bot
+            a.imagine(req(), owner="alice")
+        await wait_until(lambda: {first.id, second.id} <= set(b.mirror.records), what="bot 2 to see them")
+        with pytest.raises(UserLimitReached):  # and in the other one
+            b.imagine(req(), owner="alice")
+        assert b.status().queue_length >= 1
+
+        steps: list[int] = []
+
+        async def watch() -> None:
+            async for ev in first.events():
+                if isinstance(ev, Progress):
+                    steps.append(ev.step)
+
+        watching = asyncio.create_task(watch())
+        await wait_until(lambda: len(steps) >= 3, what="the first job running")
+        seen_at_cancel = steps[-1]
+        assert b.cancel(first.id)  # pressed in the other bot
+        with pytest.raises(JobCancelled):
+            await first.result()
+        await watching
+        await wait_until(lambda: a.mirror.records[first.id].entry.state == JobState.CANCELLED)
+        assert steps[-1] - seen_at_cancel <= 2, (seen_at_cancel, steps[-3:])  # stopped within a step
+        assert b.cancel(second.id)  # queued or just started: it ends without making a picture
+        with pytest.raises(JobCancelled):
+            await second.result()
+        bob = b.imagine(req(seed=3), owner="bob")  # a slot is free again everywhere
+        assert (await bob.result()).seed == 3
+
+
+async def test_sigterm_finishes_or_hands_back_the_job_and_exits_0(tmp_path, config, workers):
+    patient = workers.start({**config, "manager": {**config["manager"], "close_grace_s": 30.0}})
+    async with NatsManager(parse_config(config)) as m:
+        await wait_until(lambda: m.mirror.workers(), what="a worker")
+        first = m.imagine(req(steps=60, seed=1), owner="alice")
+        second = m.imagine(req(steps=60, seed=2), owner="bob")
+        await wait_until(lambda: m.mirror.records[first.id].entry.step >= 2, what="the first job running")
+        patient.send_signal(signal.SIGTERM)
+        assert (await first.result()).seed == 1  # it finishes its job...
+        assert await asyncio.to_thread(patient.wait, 30) == 0
+        assert m.mirror.records[second.id].entry.state == JobState.QUEUED  # ...and takes no other
+
+        hasty = workers.start({**config, "manager": {**config["manager"], "close_grace_s": 0.0}})
+        await wait_until(lambda: m.mirror.records[second.id].entry.step >= 2, what="the second job running")
+        hasty.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(hasty.wait, 30) == 0
+        record = m.mirror.records[second.id]
+        assert record.entry.state in (JobState.QUEUED, JobState.RUNNING) and record.entry.seed == 2
+        workers.start(config)  # the job was handed back: the next worker makes it
+        done = await second.result()
+        assert done.seed == 2 and done.steps == 60
+        assert "handing job" in workers.log(1)

@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext, api
 from nats.js.errors import BucketNotFoundError, NotFoundError
@@ -155,13 +154,15 @@ async def open_broker(
             await on_reconnect()
 
     async def disconnected() -> None:
-        log.warning("%s: lost NATS at %s; reconnecting", name, cfg.url)
+        if not (nc.is_closed or nc.is_draining):
+            log.warning("%s: lost NATS at %s; reconnecting", name, cfg.url)
 
     async def error(e: Exception) -> None:
         log.debug("%s: NATS: %s", name, e)
 
+    nc = Client()
     try:
-        nc = await nats.connect(
+        await nc.connect(
             cfg.url,
             name=name,
             max_reconnect_attempts=-1,
