@@ -166,7 +166,7 @@ async def open_broker(
             cfg.url,
             name=name,
             max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
+            reconnect_time_wait=1,
             connect_timeout=5,
             allow_reconnect=True,
             reconnected_cb=reconnected,
