@@ -280,6 +280,10 @@ def cmd_download(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from bot.run import main as run_bot
+
+    if cfg.manager.backend == "nats":  # the Discord side only: no torch; the workers say their defaults
+        run_bot(cfg)
+        return 0
     from models.device import resolve_device, resolve_imagine
 
     # the bot reads imagine's defaults from the config: hand it the ones picked for this device

@@ -28,7 +28,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from iris.config import Config
-from iris.errors import BadRequest, IrisError, internal_error
+from iris.errors import BadRequest, IrisError, internal_error, report_unexpected
 from iris.journal import UNFINISHED, JobState
 from iris.service import wire
 from iris.service.events import Cancelled, Done, Failed, Progress, Started
@@ -116,7 +116,12 @@ class NatsWorker:
                         await asyncio.sleep(0.2)
                     continue
                 for msg in msgs:
-                    await self._take(b, msg)
+                    try:
+                        await self._take(b, msg)
+                    except Exception as e:  # the broker stayed away past every retry: the job goes back
+                        what = f"worker {self.id}: job {msg.data.decode(errors='replace')}"
+                        report_unexpected(log, e, what, level=logging.WARNING)
+                        await _quietly(msg.nak())
         finally:
             beat.cancel()
             for sub in (cancels, shorts):
