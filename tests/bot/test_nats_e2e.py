@@ -126,3 +126,41 @@ async def test_six_jobs_two_workers_a_kill_and_a_broker_restart(w, nats_server, 
     assert len(starts) == 2 and {s.seed for s in starts} == {first_seed} and done.seed == first_seed
     assert redelivered_after < 60
     assert all(title(r.original) != "Couldn't finish" for r in recs)
+
+
+async def test_a_bot_that_goes_away_leaves_its_jobs_to_the_next_one(w, nats_server, workers):
+    data = bot_config(w, nats_server.url)
+    workers.start(data)
+    first_bot = IrisBot(parse_config(data), guild_ready_timeout=0.1)
+    async with NatsManager(parse_config(data), adopt=False) as watcher:
+        async with w.fake.run_bot(first_bot):
+            await wait_until(lambda: watcher.mirror.workers(), what="a worker")
+            seen = spy_on_handles(first_bot.manager)
+            made = await w.fake.invoke_slash(
+                "imagine", user=w.alice, channel=w.channel, prompt="a red circle", steps=STEPS
+            )
+            waiting = await w.fake.invoke_slash(
+                "imagine", user=w.bob, channel=w.channel, prompt="a blue square", steps=300
+            )
+            await wait_until(lambda: len(seen) == 2, what="two jobs queued")
+            made_id, waiting_id = list(seen)
+            await wait_until(lambda: watcher.mirror.records[made_id].entry.step >= 2, what="job 1 running")
+        # The bot is gone; the worker goes on: the first picture is made with nobody to post it.
+        await wait_until(lambda: watcher.mirror.records[made_id].entry.state == JobState.GENERATED)
+        assert title(made.original) == "Paused: the bot is restarting" and not is_final(made.original)
+
+        assert watcher.mirror.records[waiting_id].entry.state in (JobState.QUEUED, JobState.RUNNING)
+        other = {**data, "data_dir": str(w.tmp / "other-bot")}  # another bot process, another id
+        second_bot = IrisBot(parse_config(other), guild_ready_timeout=0.1)
+        async with w.fake.run_bot(second_bot):
+            await w.fake.wait_for(lambda: is_final(made.original), 30)
+            await w.fake.wait_for(lambda: is_final(waiting.original), 30)
+            await wait_until(
+                lambda: (
+                    {watcher.mirror.records[j].entry.state for j in (made_id, waiting_id)}
+                    == {JobState.DELIVERED}
+                ),
+                what="both marked delivered",
+            )
+        assert len(finals_of(w, made_id)) == 1 and len(finals_of(w, waiting_id)) == 1
+        assert {watcher.mirror.records[j].bot for j in (made_id, waiting_id)} == {second_bot.manager.id}
