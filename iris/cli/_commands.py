@@ -8,6 +8,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from iris.cli._common import (
     MAX_FIND_K,
@@ -23,7 +24,10 @@ from iris.cli._common import (
 )
 from iris.cli._output import _save_atomic, check_output
 from iris.errors import BadFile, BadRequest
-from iris.labels import parse_labels
+from iris.labels import check_labels, parse_labels
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -35,9 +39,15 @@ def cmd_classify(args: argparse.Namespace) -> int:
         _check_range("--top-k", args.top_k, 1, cfg.classify.max_labels)
     limits = ImageLimits(cfg.images.max_bytes, cfg.images.max_pixels)
     images = [load_image(p, limits, name=p) for p in args.images]  # fail before loading any model
-    engine = _engine(cfg)
-    labels = engine.check_labels(labels)
-    results = engine.classify(images, labels, top_k=args.top_k, templates=args.templates)
+    if cfg.manager.backend == "nats":  # on the deployment's workers
+        from iris.cli._remote import classify_on_workers
+
+        labels = check_labels(labels, cfg.classify.max_labels, cfg.classify.max_label_chars)
+        results = classify_on_workers(cfg, images, labels, args.top_k, args.templates)
+    else:
+        engine = _engine(cfg)
+        labels = engine.check_labels(labels)
+        results = engine.classify(images, labels, top_k=args.top_k, templates=args.templates)
     payload = [
         {"image": p, "labels": [{"label": r.label, "probability": round(r.probability, 6)} for r in preds]}
         for p, preds in zip(args.images, results, strict=True)
@@ -186,9 +196,7 @@ def cmd_imagine(args: argparse.Namespace) -> int:
         image_prompts.append((data, weight))
     out = Path(args.output)
     check_output(out)  # before any model loads
-    engine = _engine(cfg)
-    request = engine.request(
-        args.prompt,
+    overrides = dict(
         steps=args.steps,
         seed=args.seed,
         width=width,
@@ -202,6 +210,27 @@ def cmd_imagine(args: argparse.Namespace) -> int:
         init_weight=args.init_weight,
         ema=args.ema,
     )
+    if cfg.manager.backend == "nats":  # on the deployment's workers
+        from iris.cli._remote import imagine_on_workers
+
+        def save(image: Image.Image) -> None:
+            _save_atomic(image, out)
+
+        req, done = imagine_on_workers(cfg, args.prompt, overrides, save, args.json)
+        payload = {
+            "output": str(out),
+            "seed": done.seed,
+            "steps": done.steps,
+            "clip_score": round(done.clip_score, 6),
+            "width": done.image.width,
+            "height": done.image.height,
+            "generator": req.generator,
+        }
+        size = f"{done.image.width}x{done.image.height}"
+        _emit(args, payload, f"saved {out} ({size}, seed {done.seed}, CLIP score {done.clip_score:.4f})")
+        return 0
+    engine = _engine(cfg)
+    request = engine.request(args.prompt, **overrides)
     from tqdm import tqdm
 
     from models.generate import StepInfo

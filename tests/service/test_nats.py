@@ -4,10 +4,16 @@ toy models, NatsManager as the bot holds it."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
+from PIL import Image
 
 from iris.config import parse_config
 from iris.errors import JobCancelled, UserLimitReached
@@ -18,6 +24,8 @@ from iris.service.events import Done, Progress, Queued, Started
 from iris.service.nats import NatsManager
 from models.toy import world
 from tests.service.nats_server import nats_server_fixture, toy_config, wait_until, workers_fixture  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def req(prompt: str = "a red circle", steps: int = 6, **kw) -> ImagineRequest:
@@ -140,3 +148,32 @@ async def test_sigterm_finishes_or_hands_back_the_job_and_exits_0(tmp_path, conf
         done = await second.result()
         assert done.seed == 2 and done.steps == 60
         assert "handing job" in workers.log(1)
+
+
+async def test_the_cli_classifies_and_imagines_on_the_workers(tmp_path, config, workers):
+    workers.start(config)
+    path = tmp_path / "cli.yaml"
+    path.write_text(yaml.safe_dump(config))
+    world.make_image("green", "triangle", seed=4).save(tmp_path / "g.png")
+    out = tmp_path / "red.png"
+    # The CLI's nats mode is the bot's client: it must not load torch (checked in the child).
+    code = (
+        "import sys; from iris.cli import main; rc = main(sys.argv[1:]); "
+        "assert 'torch' not in sys.modules; sys.exit(rc)"
+    )
+
+    def iris(*argv: object) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-c", code, *map(str, argv), "--config", str(path), "--json"]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+    classified = await asyncio.to_thread(
+        iris, "classify", str(tmp_path / "g.png"), "--labels", "red circle, green triangle, blue square"
+    )
+    assert classified.returncode == 0, classified.stderr
+    assert json.loads(classified.stdout)[0]["labels"][0]["label"] == "green triangle"
+    made = await asyncio.to_thread(
+        iris, "imagine", "a red circle", "--steps", "6", "--seed", "5", "-o", f"{out}"
+    )
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["seed"] == 5
+    assert Image.open(out).size == (32, 32)
