@@ -4,6 +4,7 @@ toy models, NatsManager as the bot holds it."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import yaml
 from PIL import Image
 
 from iris.config import parse_config
-from iris.errors import JobCancelled, UserLimitReached
+from iris.errors import BadRequest, JobCancelled, UserLimitReached
 from iris.journal import JobState
 from iris.request import ImagineRequest
 from iris.service import open_manager
@@ -177,3 +178,13 @@ async def test_the_cli_classifies_and_imagines_on_the_workers(tmp_path, config, 
     assert made.returncode == 0, made.stderr
     assert json.loads(made.stdout)["seed"] == 5
     assert Image.open(out).size == (32, 32)
+
+
+async def test_a_request_too_big_for_the_broker_is_refused_at_once(config):
+    noise = np.random.default_rng(0).integers(0, 255, (700, 700, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, format="PNG")  # ~1.4 MiB: over the broker's 1 MiB messages
+    async with NatsManager(parse_config(config)) as m:
+        with pytest.raises(BadRequest, match="too large for the job queue"):
+            m.imagine(req(init_image=buf.getvalue()), owner="alice")
+        assert m.status().queue_length == 0 and not m.mirror.records

@@ -115,7 +115,7 @@ class NatsManager:
             await self.mirror.stop()
             await self.broker.close()
             raise
-        self._spawn(self._heartbeats())
+        self._spawn(self._heartbeats(), "iris-nats-loop-heartbeat")
         self._accepting = True
 
     async def close(self, grace_s: float | None = None) -> None:
@@ -269,6 +269,12 @@ class NatsManager:
             job_id, owner, request, meta or {}, JobState.QUEUED, 0, total, request.seed, None, now, now
         )
         rec = JobRecord(entry, bot=self.id)
+        limit = self.broker_().nc.max_payload
+        if len(rec.dumps()) > limit * 0.9:  # the request's pictures travel in the record
+            raise BadRequest(
+                f"the pictures in this request are too large for the job queue ({limit // 1024} KiB at "
+                "most in all); try smaller ones"
+            )
         self.mirror.records[job_id] = rec  # counted at once; the broker's copy replaces it
         handle = JobHandle(self.cancel, job_id, owner, request)
         followed = self._followed[job_id] = _Followed(handle)
@@ -393,8 +399,9 @@ class NatsManager:
         await retrying(f"cancelling job {job_id}", lambda: b.nc.publish(b.names.cancel(job_id), b""))
 
         def change(r: JobRecord) -> JobRecord | None:  # a queued one: the worker that pulls it skips it
-            if r.entry.state != JobState.QUEUED:
-                return None  # running: its worker heard the cancel
+            orphan = r.entry.state == JobState.RUNNING and r.worker not in self.mirror.workers()
+            if r.entry.state != JobState.QUEUED and not orphan:
+                return None  # running: its worker heard the cancel (an orphan waits for redelivery)
             if reason:
                 return r.but(state=JobState.CANCELLED, error=reason)
             return r.but(state=JobState.CANCELLED)

@@ -28,7 +28,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from iris.config import Config
-from iris.errors import BadRequest, IrisError, internal_error, report_unexpected
+from iris.errors import BadRequest, InternalError, IrisError, internal_error, report_unexpected
 from iris.journal import UNFINISHED, JobState
 from iris.service import wire
 from iris.service.events import Cancelled, Done, Failed, Progress, Started
@@ -137,6 +137,12 @@ class NatsWorker:
         job_id = msg.data.decode()
         if self._stopping.is_set():  # fetched as the stop came: the next worker takes it
             await _quietly(msg.nak())
+            return
+        if msg.metadata.num_delivered >= MAX_DELIVER:  # it went down with every worker that tried it
+            tries = MAX_DELIVER - 1
+            error = InternalError(f"this picture stopped {tries} workers in a row; it won't be tried again")
+            await self._end(b, job_id, JobState.FAILED, error=error, message=error.message)
+            await _quietly(msg.ack())
             return
         claimed = await modify(b, job_id, self._claim)
         if claimed is None or claimed.entry.state != JobState.RUNNING:  # over (made, cancelled): once only
