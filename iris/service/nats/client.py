@@ -33,8 +33,6 @@ from typing import IO, Any
 
 import numpy as np
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import KeyWrongLastSequenceError
 from PIL import Image
 
@@ -55,13 +53,14 @@ from iris.service import wire
 from iris.service.events import Cancelled, Done, Failed, Queued, Started
 from iris.service.handle import JobHandle, ManagerStatus
 from iris.service.nats._broker import Broker, JobRecord, modify, open_broker, retrying
+from iris.service.nats._journal import RecordsView
 from iris.service.nats._mirror import Mirror
+from iris.service.nats._short import ShortJobs
 from iris.service.results import Description, Prediction, Upscaled
 
 log = logging.getLogger(__name__)
 
 ID_FILE = "iris-nats-bot-id"  # in the data directory: a restarted bot is the same bot
-RESULT_WAIT_S = 30.0  # a blocking journal read waits this long for a picture from the results store
 
 
 @dataclass(eq=False)
@@ -89,11 +88,10 @@ class NatsManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._unfinished: dict[str, JournalEntry] = {}
         self._undelivered: dict[str, JournalEntry] = {}
-        self._in_flight: Counter[str] = Counter()  # short jobs this client is waiting on, per worker
-        self.answered_by: Counter[str] = Counter()  # short jobs answered, per worker id
+        self.shorts = ShortJobs(self.mirror, config.manager.watchdog_grace_s)
         self._positions_due = False
         self._accepting = False
-        self.journal = _Journal(self)
+        self.journal = RecordsView(self)
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def __aenter__(self) -> NatsManager:
@@ -498,35 +496,14 @@ class NatsManager:
         return result
 
     async def _short(self, op: str, *args: Any) -> Any:
-        """Ask the least busy live worker; on no answer within the watchdog's grace, the next one."""
         if not self._accepting:
             raise ServiceClosed("the service is shutting down")
-        b = self.broker_()
-        data = wire.dumps({"op": op, "args": list(args), "kw": {}})
-        tried: set[str] = set()
-        timeout = self.config.manager.watchdog_grace_s
-        while True:
-            workers = {k: v for k, v in self.mirror.workers().items() if k not in tried}
-            if not workers:
-                what = "answered" if tried else "is running"
-                raise ServiceClosed(f"no image worker {what} right now; try again in a minute")
-            wid = min(workers, key=lambda k: (workers[k].get("load", 0) + self._in_flight[k], k))
-            self._in_flight[wid] += 1
-            try:
-                msg = await b.nc.request(workers[wid]["subject"], data, timeout=timeout)
-            except (TimeoutError, NoRespondersError, NatsTimeout) as e:
-                log.warning(
-                    "worker %s did not answer a short job (%s); trying another", wid, type(e).__name__
-                )
-                tried.add(wid)
-                continue
-            finally:
-                self._in_flight[wid] -= 1
-            reply = wire.loads(msg.data)
-            self.answered_by[wid] += 1
-            if "error" in reply:
-                raise reply["error"]
-            return reply["ok"]
+        return await self.shorts.call(self.broker_(), op, *args)
+
+    @property
+    def answered_by(self) -> Counter[str]:
+        """Short jobs answered, per worker id."""
+        return self.shorts.answered_by
 
     # -- plumbing --------------------------------------------------------------------------------------
     def _spawn(self, work: Coroutine[Any, Any, Any], name: str = "iris-nats") -> None:
@@ -544,35 +521,3 @@ class NatsManager:
 async def _unsubscribe(sub: Any) -> None:
     with contextlib.suppress(Exception):
         await sub.unsubscribe()
-
-
-class _Journal:
-    """The job records as the bot reads them (blocking calls, from a thread): the mirror, with the
-    picture fetched from the results store."""
-
-    def __init__(self, manager: NatsManager) -> None:
-        self._m = manager
-
-    def get(self, job_id: str) -> JournalEntry | None:
-        rec = self._m.mirror.records.get(job_id)
-        if rec is None:
-            return None
-        entry = rec.entry
-        loop = self._m._loop
-        on_loop = loop is not None and _running_loop() is loop
-        if entry.state in (JobState.GENERATED, JobState.DELIVERED) and loop is not None and not on_loop:
-            fut = asyncio.run_coroutine_threadsafe(self._m._png(job_id), loop)
-            with contextlib.suppress(Exception):
-                entry = replace(entry, result_png=fut.result(RESULT_WAIT_S))
-        return entry
-
-    def of_owner(self, owner: str, limit: int) -> list[JournalEntry]:
-        mine = [r.entry for r in list(self._m.mirror.records.values()) if r.entry.owner == owner]
-        return sorted(mine, key=lambda e: e.created, reverse=True)[:limit]
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None

@@ -281,7 +281,7 @@ class NatsWorker:
         beat = {
             "at": time.time(),
             "subject": b.names.short(self.id),
-            "load": (self._current is not None) + self._shorts,
+            "shorts": self._shorts,
             "running": self._current,
             "step_s": st.step_time_s,
             "device": st.device,
