@@ -21,18 +21,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import io
 import logging
 import time
 import uuid
 from collections import Counter
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 from typing import IO, Any
 
 import numpy as np
-from nats.aio.msg import Msg
 from nats.js.errors import KeyWrongLastSequenceError
 from PIL import Image
 
@@ -50,9 +48,10 @@ from iris.images import ImageLimits
 from iris.journal import UNFINISHED, JobState, JournalEntry
 from iris.request import ImagineRequest
 from iris.service import wire
-from iris.service.events import Cancelled, Done, Failed, Queued, Started
+from iris.service.events import Cancelled, Failed
 from iris.service.handle import JobHandle, ManagerStatus
 from iris.service.nats._broker import Broker, JobRecord, modify, open_broker, retrying
+from iris.service.nats._follow import Followed, Following
 from iris.service.nats._journal import RecordsView
 from iris.service.nats._mirror import Mirror
 from iris.service.nats._short import ShortJobs
@@ -63,16 +62,7 @@ log = logging.getLogger(__name__)
 ID_FILE = "iris-nats-bot-id"  # in the data directory: a restarted bot is the same bot
 
 
-@dataclass(eq=False)
-class _Followed:
-    handle: JobHandle
-    sub: Any = None  # its events subscription
-    position: int | None = None  # the last place told
-    started: bool = False
-    ended: bool = False
-
-
-class NatsManager:
+class NatsManager(Following):
     """The Manager API with the device work on `iris worker` processes behind NATS."""
 
     def __init__(self, config: Config, adopt: bool = True) -> None:
@@ -84,7 +74,7 @@ class NatsManager:
         self.broker: Broker | None = None
         self.mirror = Mirror(config.nats.heartbeat_s, self._record_changed)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._followed: dict[str, _Followed] = {}
+        self._followed: dict[str, Followed] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._unfinished: dict[str, JournalEntry] = {}
         self._undelivered: dict[str, JournalEntry] = {}
@@ -275,12 +265,12 @@ class NatsManager:
             )
         self.mirror.records[job_id] = rec  # counted at once; the broker's copy replaces it
         handle = JobHandle(self.cancel, job_id, owner, request)
-        followed = self._followed[job_id] = _Followed(handle)
+        followed = self._followed[job_id] = Followed(handle)
         self._spawn(self._submit(rec, followed))
         self._schedule_positions()
         return handle
 
-    async def _submit(self, rec: JobRecord, f: _Followed) -> None:
+    async def _submit(self, rec: JobRecord, f: Followed) -> None:
         b = self.broker_()
         try:
             await self._subscribe(f)
@@ -305,84 +295,6 @@ class NatsManager:
         if rec is not None and rec.revision == 0:
             del self.mirror.records[job_id]
             self._schedule_positions()
-
-    async def _subscribe(self, f: _Followed) -> None:
-        b = self.broker_()
-
-        async def on_event(msg: Msg) -> None:
-            if f.ended:
-                return
-            try:
-                ev = wire.loads(msg.data)
-            except wire.WireError as e:
-                log.warning("job %s: a bad event: %s", f.handle.id, e)
-                return
-            if isinstance(ev, Started):
-                f.started = True
-            f.handle._publish(ev)
-
-        f.sub = await b.nc.subscribe(b.names.events(f.handle.id), cb=on_event)
-
-    def _record_changed(self, rec: JobRecord) -> None:
-        f = self._followed.get(rec.id)
-        state = rec.entry.state
-        if f is not None and not f.ended:
-            if state == JobState.GENERATED:
-                f.ended = True  # one Done, once the picture is here
-                self._spawn(self._done(f, rec))
-            elif state == JobState.FAILED:
-                self._end(f, Failed(rec.error or InternalError(rec.entry.error or "the job failed")))
-            elif state == JobState.CANCELLED:
-                self._end(f, Cancelled())
-            elif state == JobState.DELIVERED:  # another bot delivered it
-                self._end(f, Cancelled("delivered"))
-        self._schedule_positions()
-
-    async def _done(self, f: _Followed, rec: JobRecord) -> None:
-        png = await self._png(rec.id)
-        e = rec.entry
-        if png is None:
-            event: Done | Failed = Failed(InternalError(f"the picture of job {rec.id} is lost"))
-        else:
-            image = Image.open(io.BytesIO(png))
-            image.load()
-            event = Done(image, e.seed or 0, e.step, e.clip_score or 0.0, e.reduced)
-        f.ended = False
-        self._end(f, event)
-
-    def _end(self, f: _Followed, event: Done | Failed | Cancelled) -> None:
-        if f.ended:
-            return
-        f.ended = True
-        f.handle._publish(event)
-        self._followed.pop(f.handle.id, None)
-        if f.sub is not None:
-            sub, f.sub = f.sub, None
-            self._spawn(_unsubscribe(sub))
-
-    async def _png(self, job_id: str) -> bytes | None:
-        b = self.broker_()
-        try:
-            got = await retrying(f"fetching the picture of job {job_id}", lambda: b.results.get(job_id), 10.0)
-        except Exception as e:
-            log.warning("job %s: no picture in the results store (%s)", job_id, type(e).__name__)
-            return None
-        return bytes(got.data) if got.data is not None else None
-
-    def _schedule_positions(self) -> None:
-        """Tell the followed queued jobs their places, once per burst of changes."""
-        if self._positions_due or self._loop is None:
-            return
-        self._positions_due = True
-        self._loop.call_soon(self._publish_positions)
-
-    def _publish_positions(self) -> None:
-        self._positions_due = False
-        for job_id, (pos, eta) in self.mirror.positions().items():
-            f = self._followed.get(job_id)
-            if f is not None and not f.started and not f.ended and f.position != pos:
-                f.position = pos
-                f.handle._publish(Queued(pos, eta))
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a job of any bot: taken off the queue, or stopped by its worker within a step."""
@@ -432,7 +344,7 @@ class NatsManager:
             raise ServiceClosed("the service is shutting down")
         self._unfinished.pop(entry.id, None)
         handle = JobHandle(self.cancel, entry.id, entry.owner, entry.request)
-        f = self._followed[entry.id] = _Followed(handle)
+        f = self._followed[entry.id] = Followed(handle)
 
         async def follow() -> None:
             await self._subscribe(f)
@@ -516,8 +428,3 @@ class NatsManager:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             report_unexpected(log, task.exception(), task.get_name(), level=logging.WARNING)  # type: ignore[arg-type]
-
-
-async def _unsubscribe(sub: Any) -> None:
-    with contextlib.suppress(Exception):
-        await sub.unsubscribe()
