@@ -17,7 +17,7 @@ import yaml
 from PIL import Image
 
 from iris.config import parse_config
-from iris.errors import BadRequest, JobCancelled, UserLimitReached
+from iris.errors import BadRequest, InternalError, JobCancelled, UserLimitReached
 from iris.journal import JobState
 from iris.request import ImagineRequest
 from iris.service import open_manager
@@ -188,3 +188,34 @@ async def test_a_request_too_big_for_the_broker_is_refused_at_once(config):
         with pytest.raises(BadRequest, match="too large for the job queue"):
             m.imagine(req(init_image=buf.getvalue()), owner="alice")
         assert m.status().queue_length == 0 and not m.mirror.records
+
+
+async def test_a_job_that_takes_down_every_worker_fails_instead_of_hanging(config, workers):
+    from nats.js import api
+
+    from iris.service.nats._broker import MAX_DELIVER
+
+    async with NatsManager(parse_config(config)) as m:
+        b = m.broker_()
+        handle = m.imagine(req(seed=4), owner="alice")
+        # Workers that die on it: each takes it and goes without an ack (a nak is the quick way to say so).
+        cfg = api.ConsumerConfig(ack_wait=config["nats"]["ack_wait_s"], max_deliver=MAX_DELIVER)
+        names = b.names
+        pull = await b.js.pull_subscribe(names.jobs, durable=names.consumer, stream=names.stream, config=cfg)
+        for _ in range(MAX_DELIVER - 1):
+            (msg,) = await pull.fetch(1, timeout=10)
+            assert msg.data.decode() == handle.id
+            await msg.nak()
+        await pull.unsubscribe()
+        workers.start(config)  # the last delivery: the job is failed, not run
+        with pytest.raises(InternalError, match="stopped 4 workers"):
+            await handle.result()
+        assert not any(isinstance(ev, Started) for ev in _drain(handle))
+        assert m.mirror.records[handle.id].entry.state == JobState.FAILED
+
+
+def _drain(handle) -> list:
+    events = []
+    while not handle._events.empty():
+        events.append(handle._events.get_nowait())
+    return events
