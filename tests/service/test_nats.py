@@ -219,3 +219,19 @@ def _drain(handle) -> list:
     while not handle._events.empty():
         events.append(handle._events.get_nowait())
     return events
+
+
+async def test_a_short_job_goes_to_another_worker_when_its_worker_is_gone(config, workers):
+    config = {**config, "nats": {**config["nats"], "heartbeat_s": 2.0}}  # a dead worker looks alive 6 s
+    procs = [workers.start(config), workers.start(config)]
+    async with NatsManager(parse_config(config)) as m:
+        await wait_until(lambda: len(m.mirror.workers()) == 2, what="two workers")
+        live = m.mirror.workers()
+        first = min(live)  # the one asked first when both are idle
+        victim = next(p for p in procs if first.endswith(f"-{p.pid}"))
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        assert first in m.mirror.workers()  # its heartbeat has not lapsed yet: it is still asked
+        preds = await m.classify(world.make_image("red", "square", seed=2), list(world.CLASSES), top_k=1)
+        assert preds[0].label == "red square"
+        assert m.answered_by[first] == 0 and sum(m.answered_by.values()) == 1
