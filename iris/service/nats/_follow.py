@@ -33,6 +33,7 @@ class Followed:
     position: int | None = None  # the last place told
     started: bool = False
     ended: bool = False
+    finishing: bool = False  # made: its picture is being fetched for the Done
 
 
 class Following:
@@ -69,9 +70,9 @@ class Following:
     def _record_changed(self, rec: JobRecord) -> None:
         f = self._followed.get(rec.id)
         state = rec.entry.state
-        if f is not None and not f.ended:
+        if f is not None and not f.ended and not f.finishing:
             if state == JobState.GENERATED:
-                f.ended = True  # one Done, once the picture is here
+                f.finishing = True  # one Done, once the picture is here
                 self._spawn(self._done(f, rec))
             elif state == JobState.FAILED:
                 self._end(f, Failed(rec.error or InternalError(rec.entry.error or "the job failed")))
@@ -90,7 +91,6 @@ class Following:
             image = Image.open(io.BytesIO(png))
             image.load()
             event = Done(image, e.seed or 0, e.step, e.clip_score or 0.0, e.reduced)
-        f.ended = False
         self._end(f, event)
 
     def _end(self, f: Followed, event: Done | Failed | Cancelled) -> None:
