@@ -21,10 +21,9 @@ def open_manager(config: Config, engine: Any = None) -> Manager:
     """
     m = config.manager
     if engine is None and m.backend == "nats":
-        from iris.service.nats import NatsManager  # type: ignore[import-not-found, unused-ignore]
+        from iris.service.nats import NatsManager
 
-        manager: Manager = NatsManager(config)
-        return manager
+        return NatsManager(config)
     if engine is None and m.isolate:
         from iris.service.process import ProcessManager
 

@@ -8,9 +8,8 @@ import time
 from contextlib import closing
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from iris.cli import _remote
 from iris.cli._common import (
     MAX_FIND_K,
     MAX_LR,
@@ -24,9 +23,11 @@ from iris.cli._common import (
     _progress_bar,
 )
 from iris.cli._output import _save_atomic, check_output
-from iris.config import Config
 from iris.errors import BadFile, BadRequest
-from iris.labels import parse_labels
+from iris.labels import check_labels, parse_labels
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -38,8 +39,11 @@ def cmd_classify(args: argparse.Namespace) -> int:
         _check_range("--top-k", args.top_k, 1, cfg.classify.max_labels)
     limits = ImageLimits(cfg.images.max_bytes, cfg.images.max_pixels)
     images = [load_image(p, limits, name=p) for p in args.images]  # fail before loading any model
-    if _remote.remote(cfg):
-        results = _remote.classify(cfg, images, labels, args.top_k, args.templates)
+    if cfg.manager.backend == "nats":  # on the deployment's workers
+        from iris.cli._remote import classify_on_workers
+
+        labels = check_labels(labels, cfg.classify.max_labels, cfg.classify.max_label_chars)
+        results = classify_on_workers(cfg, images, labels, args.top_k, args.templates)
     else:
         engine = _engine(cfg)
         labels = engine.check_labels(labels)
@@ -193,7 +197,7 @@ def cmd_imagine(args: argparse.Namespace) -> int:
         image_prompts.append((data, weight))
     out = Path(args.output)
     check_output(out)  # before any model loads
-    overrides: dict[str, Any] = dict(
+    overrides = dict(
         steps=args.steps,
         seed=args.seed,
         width=width,
@@ -207,8 +211,25 @@ def cmd_imagine(args: argparse.Namespace) -> int:
         init_weight=args.init_weight,
         ema=args.ema,
     )
-    if _remote.remote(cfg):
-        return _imagine_remote(args, cfg, overrides, out)
+    if cfg.manager.backend == "nats":  # on the deployment's workers
+        from iris.cli._remote import imagine_on_workers
+
+        def save(image: Image.Image) -> None:
+            _save_atomic(image, out)
+
+        req, done = imagine_on_workers(cfg, args.prompt, overrides, save, args.json)
+        payload = {
+            "output": str(out),
+            "seed": done.seed,
+            "steps": done.steps,
+            "clip_score": round(done.clip_score, 6),
+            "width": done.image.width,
+            "height": done.image.height,
+            "generator": req.generator,
+        }
+        size = f"{done.image.width}x{done.image.height}"
+        _emit(args, payload, f"saved {out} ({size}, seed {done.seed}, CLIP score {done.clip_score:.4f})")
+        return 0
     engine = _engine(cfg)
     request = engine.request(args.prompt, **overrides)
     from tqdm import tqdm
@@ -245,23 +266,6 @@ def cmd_imagine(args: argparse.Namespace) -> int:
         f"saved {out} ({result.image.width}x{result.image.height}, seed {result.seed}, "
         f"CLIP score {result.clip_score:.4f}, from {result.start_score:.4f})",
     )
-    return 0
-
-
-def _imagine_remote(args: argparse.Namespace, cfg: Config, overrides: dict[str, Any], out: Path) -> int:
-    """`iris imagine` on the workers (manager.backend: nats): the same output, made elsewhere."""
-    done = _remote.imagine(cfg, args.prompt, overrides, lambda im: _save_atomic(im, out), args.json)
-    _save_atomic(done.image, out)
-    payload = {
-        "output": str(out),
-        "seed": done.seed,
-        "steps": done.steps,
-        "clip_score": round(done.clip_score, 6),
-        "width": done.image.width,
-        "height": done.image.height,
-    }
-    text = f"saved {out} ({done.image.width}x{done.image.height}, seed {done.seed}, CLIP score "
-    _emit(args, payload, text + f"{done.clip_score:.4f}, made by a worker)")
     return 0
 
 
@@ -310,6 +314,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     run_bot(cfg)
     return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """A device's worker for manager.backend: nats, until SIGTERM."""
+    from iris.service.nats import run_worker
+
+    return run_worker(_config(args), args.device)
 
 
 def cmd_sync(args: argparse.Namespace) -> int:

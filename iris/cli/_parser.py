@@ -18,6 +18,7 @@ from iris.cli._commands import (
     cmd_run,
     cmd_status,
     cmd_sync,
+    cmd_worker,
 )
 from iris.cli._common import DEFAULT_CONFIG
 from iris.errors import IrisError, report_unexpected
@@ -190,6 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
         "Commands are synced to discord.dev_guilds on start; `iris sync --global` publishes them everywhere.",
     )
     r.set_defaults(func=cmd_run)
+    wk = sub.add_parser(
+        "worker",
+        parents=[common],
+        help="run generations and short jobs for bots on NATS (one per GPU)",
+        description="Serve the bots of manager.backend: nats: take jobs from the NATS server at nats.url "
+        "and run them on this machine's device, one generation at a time with short jobs batched between "
+        "steps. SIGTERM stops taking jobs, lets the current one finish within manager.close_grace_s (or "
+        "hands it to another worker) and exits 0.",
+    )
+    wk.add_argument("--device", help="the device to run on, e.g. cuda:1 (default: device from the config)")
+    wk.set_defaults(func=cmd_worker)
     s = sub.add_parser(
         "sync",
         parents=[common],

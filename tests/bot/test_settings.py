@@ -168,3 +168,16 @@ async def test_a_default_above_a_lowered_limit_is_held_to_the_new_limit(w):
         bot.manager.step_hook = StepGate()
         await w.fake.invoke_slash("imagine", user=w.alice, channel=w.channel, prompt="a red circle")
         assert await queued_steps(w, bot, w.alice) == 20  # not a refusal for a value typed long ago
+
+
+async def test_the_default_size_is_the_one_where_the_models_run(w):
+    """`auto` sizes depend on the device the models run on (a child process or a worker, not the bot):
+    /imagine's aspects start from the size the manager says is in force, not the config's number."""
+    async with w.bot() as bot:
+        bot.manager.step_hook = StepGate()
+        engine = bot.manager.engine  # in-process here: its resolved defaults are the device's
+        engine.imagine = dataclasses.replace(engine.imagine, width=96, height=96)
+        await w.fake.invoke_slash("imagine", user=w.alice, channel=w.channel, prompt="a red circle",
+                                  aspect="portrait")  # fmt: skip
+        entries = await w.fake.wait_for(lambda: bot.manager.journal.of_owner(str(w.alice.id), 1))
+        assert (entries[0].request.width, entries[0].request.height) == (72, 96)

@@ -116,8 +116,9 @@ class Imagine(commands.Cog):
                 raise Refused(f"/imagine works in {mentions} on this server.")
 
     def _size(self, aspect: str | None) -> tuple[int, int]:
-        im = self.bot.config.imagine
-        w, h = im.width, im.height
+        # The default size is the one in force where the models run (`auto` depends on the device there).
+        default = self.bot.manager.make_request("a picture")
+        w, h = default.width, default.height
         if aspect == "landscape":
             return w, h * 3 // 4
         if aspect == "portrait":
