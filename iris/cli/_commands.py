@@ -319,8 +319,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     """A device's worker for manager.backend: nats, until SIGTERM."""
     from iris.service.nats import run_worker
+    from models.connect import open_manager  # the device's own manager (a watched child process)
 
-    return run_worker(_config(args), args.device)
+    return run_worker(_config(args), open_manager, args.device)
 
 
 def cmd_sync(args: argparse.Namespace) -> int:

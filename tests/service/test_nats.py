@@ -20,9 +20,9 @@ from iris.config import parse_config
 from iris.errors import BadRequest, InternalError, JobCancelled, UserLimitReached
 from iris.journal import JobState
 from iris.request import ImagineRequest
-from iris.service import open_manager
 from iris.service.events import Done, Progress, Queued, Started
 from iris.service.nats import NatsManager
+from models.connect import open_manager
 from models.toy import world
 from tests.service.nats_server import nats_server_fixture, toy_config, wait_until, workers_fixture  # noqa: F401
 

@@ -21,6 +21,7 @@ import socket
 import tempfile
 import time
 from collections import deque
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -50,12 +51,20 @@ def worker_config(config: Config, device: str | None, journal_dir: str) -> Confi
     return dataclasses.replace(config, device=device or config.device, manager=manager)
 
 
-class NatsWorker:
-    """`await NatsWorker(config).run()` until `stop()` (SIGTERM): then it takes nothing more, lets the
-    current job finish within `manager.close_grace_s` or hands it back to the queue, and returns."""
+# open_local(config): the manager that owns this worker's device (models/connect.py's open_manager: a
+# watched child process by default). Passed in by the command line: this layer never names the engine.
+OpenLocal = Callable[[Config], Manager]
 
-    def __init__(self, config: Config, device: str | None = None, name: str | None = None) -> None:
+
+class NatsWorker:
+    """`await NatsWorker(config, open_local).run()` until `stop()` (SIGTERM): then it takes nothing more,
+    lets the current job finish within `manager.close_grace_s` or hands it back to the queue, and returns."""
+
+    def __init__(
+        self, config: Config, open_local: OpenLocal, device: str | None = None, name: str | None = None
+    ) -> None:
         self.config = config
+        self.open_local = open_local
         self.device = device
         self.id = name or f"{socket.gethostname()}-{os.getpid()}"
         self.broker: Broker | None = None
@@ -72,11 +81,9 @@ class NatsWorker:
         self._stopping.set()
 
     async def run(self) -> None:
-        from iris.service.connect import open_manager
-
         journal_dir = tempfile.mkdtemp(prefix="iris-worker-")
         try:
-            self.local = open_manager(worker_config(self.config, self.device, journal_dir))
+            self.local = self.open_local(worker_config(self.config, self.device, journal_dir))
             await self.local.start()
             try:
                 await self.local.warm_up()
@@ -309,11 +316,11 @@ async def _quietly(aw: Any) -> None:
         log.info("NATS: %s", type(e).__name__)
 
 
-def run_worker(config: Config, device: str | None = None) -> int:
+def run_worker(config: Config, open_local: OpenLocal, device: str | None = None) -> int:
     """`iris worker`: serve until SIGTERM or SIGINT; 0 after a clean stop."""
 
     async def main() -> None:
-        worker = NatsWorker(config, device)
+        worker = NatsWorker(config, open_local, device)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
