@@ -122,3 +122,36 @@ def test_a_database_where_pgvector_cannot_be_added_is_a_clear_error(pg_server):
         admin.execute(f"CREATE ROLE {role} LOGIN")  # may not create extensions (nor tables) there
     with pytest.raises(IndexUnavailable, match="CREATE EXTENSION vector"):
         PgIndex(url.replace("postgres:@", f"{role}:@"))
+
+
+def test_writers_in_parallel_are_all_seen_by_a_reader(pg_url):
+    """Changes commit in the order of their numbers in the change log, so a reader catching up while
+    others write never steps over a change that committed late with a lower number."""
+    with PgIndex(pg_url) as reader:
+        reader.put_vectors("m", {f"h{i}": V[i] for i in range(8)})
+        reader.upsert(SCOPE, "1/a", "h0", {})
+        reader.warm(SCOPE, "m")
+        writers = [PgIndex(pg_url) for _ in range(3)]
+        stop = threading.Event()
+
+        def write(ix: PgIndex, w: int) -> None:
+            for n in range(40):
+                ix.upsert_many(SCOPE, [(f"{1000 * (w + 1) + n}/a", f"h{n % 8}", {}, "ok", None)])
+
+        def read() -> None:
+            while not stop.is_set():
+                reader.search(V[1], [SCOPE], "m", k=5)
+
+        threads = [threading.Thread(target=write, args=(ix, w)) for w, ix in enumerate(writers)]
+        searching = threading.Thread(target=read)
+        searching.start()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        stop.set()
+        searching.join()
+        for ix in writers:
+            ix.close()
+        assert len(reader.search(V[1], [SCOPE], "m", k=10_000)) == 1 + 3 * 40
+        assert reader.search_stats()["loads"] == 1  # caught up from the log, never reloaded
