@@ -136,21 +136,20 @@ class SearchCache:
         seen = self._log.marker()
         if seen == self._seen:
             return
-        self._seen = seen
+        # The marker and the cursor move only once the changes are applied: a read that fails half way
+        # (a locked file, a dropped connection) is done again by the next call, never skipped.
         if not self._groups:
             self._cursor = self._log.last_seq()
-            return
-        first = self._log.first_seq()
-        if (first or self._log.last_seq() + 1) > self._cursor + 1:
-            log.info("search: the change log was pruned past this reader; reloading on demand")
-            self._groups.clear()
-            self._cursor = self._log.last_seq()
-            return
-        rows = self._log.changes(self._cursor)
-        if not rows:
-            return
-        self._cursor = rows[-1][0]
-        self._replay(rows, self._groups)
+        else:
+            first = self._log.first_seq()
+            if (first or self._log.last_seq() + 1) > self._cursor + 1:
+                log.info("search: the change log was pruned past this reader; reloading on demand")
+                self._groups.clear()
+                self._cursor = self._log.last_seq()
+            elif rows := self._log.changes(self._cursor):
+                self._replay(rows, self._groups)
+                self._cursor = rows[-1][0]
+        self._seen = seen
 
     def _replay(self, rows: Sequence[Change], groups: Mapping[GroupKey, GroupVectors]) -> None:
         """Apply logged changes (seq, item, scope, content_hash, model_id) to `groups`."""

@@ -3,6 +3,7 @@ instead of rebuilds, another process's writes seen, a memory bound that evicts a
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import tracemalloc
@@ -331,3 +332,28 @@ def test_warm_loads_a_server_ahead_of_its_first_search(tmp_path):
         every = sorted({s for s, _ in truth})
         assert [(h.scope, h.key) for h in index.search(q, every, MODEL, k=3)] == brute(truth, q, every, 3)
         assert index.search_stats()["loads"] == 1
+
+
+def test_a_catch_up_that_fails_half_way_is_done_again_by_the_next_search(tmp_path, monkeypatch):
+    """A read of the change log that fails (a locked file, a dropped connection) must not count as
+    read: the next search applies those changes instead of skipping them for good."""
+    path = tmp_path / "index.sqlite3"
+    eye = np.eye(DIM, dtype=np.float32)
+    with ImageIndex(path) as ix, ImageIndex(path) as other:
+        ix.put_vectors("m", {"h0": eye[0], "h1": eye[1]})
+        ix.upsert("s", "1/a", "h0", {})
+        assert [h.key for h in ix.search(eye[1], ["s"], "m")] == ["1/a"]  # loaded
+        other.upsert("s", "2/a", "h1", {})  # another process's write
+        real = ix._search._replay
+        calls = []
+
+        def fails_once(*args):
+            calls.append(1)
+            if len(calls) == 1:
+                raise sqlite3.OperationalError("database is locked")
+            return real(*args)
+
+        monkeypatch.setattr(ix._search, "_replay", fails_once)
+        with pytest.raises(sqlite3.OperationalError):
+            ix.search(eye[1], ["s"], "m")
+        assert ix.search(eye[1], ["s"], "m")[0].key == "2/a"
