@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--setup", default=None, help="module:function called with the manager before start")
     p.add_argument("--log-level", default="WARNING")
     args = p.parse_args(argv)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # sent to the whole group (Ctrl-C, `timeout`, a
+        signal.signal(signum, signal.SIG_IGN)  # service manager): the parent shuts this process down
     _die_with_parent(args.parent)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s [worker %(process)d] %(name)s: %(message)s"

@@ -235,3 +235,25 @@ async def test_a_short_job_goes_to_another_worker_when_its_worker_is_gone(config
         preds = await m.classify(world.make_image("red", "square", seed=2), list(world.CLASSES), top_k=1)
         assert preds[0].label == "red square"
         assert m.answered_by[first] == 0 and sum(m.answered_by.values()) == 1
+
+
+def test_a_worker_without_a_broker_is_one_clear_line_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    """`iris worker` with no NATS server at nats.url: it neither hangs nor loads the models first."""
+    import socket
+
+    from iris.cli import main
+    from iris.service.nats import _broker
+
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(_broker, "FIRST_CONNECT_S", 2.0)
+    path = tmp_path / "worker.yaml"
+    path.write_text(yaml.safe_dump(toy_config(tmp_path, f"nats://127.0.0.1:{port}")))
+    opened = []
+    monkeypatch.setattr("models.connect.open_manager", lambda *a: opened.append(a))
+    code = main(["worker", "--config", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2 and opened == []
+    assert err.startswith("iris: error:") and f"127.0.0.1:{port}" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

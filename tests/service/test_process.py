@@ -350,3 +350,15 @@ async def test_the_child_exits_when_its_parent_is_killed(tmp_path):
     finally:
         parent.kill()
         parent.wait()
+
+
+async def test_a_signal_to_the_whole_group_leaves_the_shutdown_to_the_parent(pm):
+    """Ctrl-C, `timeout` and service managers signal the process group: the child must not die of it
+    (the watchdog would count a crash and restart it); the parent decides when it stops."""
+    child = pm.pid
+    restarts = pm.restarts
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        os.kill(child, signum)
+    await asyncio.sleep(0.5)
+    assert await pm.model_id()
+    assert pm.pid == child and pm.restarts == restarts

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_DELIVER = 5  # a job handed out this many times (each worker died or went silent on it) is dropped
 LIVE_FACTOR = 3.0  # a bot or worker is gone once its heartbeat is this many heartbeat_s old
+FIRST_CONNECT_S = 20.0  # at start, how long to wait for the NATS server before saying it is unreachable
 RETRY_FOR_S = 60.0  # writes that must land (a job, its result) are retried this long through an outage
 
 
@@ -161,20 +162,28 @@ async def open_broker(
         log.debug("%s: NATS: %s", name, e)
 
     nc = Client()
-    try:
-        await nc.connect(
-            cfg.url,
-            name=name,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=1,
-            connect_timeout=5,
-            allow_reconnect=True,
-            reconnected_cb=reconnected,
-            disconnected_cb=disconnected,
-            error_cb=error,
+    try:  # reconnects never end once connected; the first connection is waited for a bounded time
+        await asyncio.wait_for(
+            nc.connect(
+                cfg.url,
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=1,
+                connect_timeout=5,
+                allow_reconnect=True,
+                reconnected_cb=reconnected,
+                disconnected_cb=disconnected,
+                error_cb=error,
+            ),
+            FIRST_CONNECT_S,
         )
     except Exception as e:
-        raise ServiceClosed(f"cannot reach the NATS server at {cfg.url}: {e or type(e).__name__}") from None
+        await nc.close()
+        why = f"nothing answered within {FIRST_CONNECT_S:g} s" if isinstance(e, TimeoutError) else str(e)
+        raise ServiceClosed(
+            f"cannot reach the NATS server at {cfg.url} ({why or type(e).__name__}); is it running, "
+            "with JetStream (nats-server -js)?"
+        ) from None
     js = nc.jetstream()
     names = Names(cfg.prefix)
     keep = config.manager.retention_days * 86400 or None  # records and pictures expire after retention

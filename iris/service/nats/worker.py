@@ -81,6 +81,8 @@ class NatsWorker:
         self._stopping.set()
 
     async def run(self) -> None:
+        # The broker first: an unreachable one is said in one line before any model loads.
+        self.broker = await open_broker(self.config, f"iris-worker {self.id}")
         journal_dir = tempfile.mkdtemp(prefix="iris-worker-")
         try:
             self.local = self.open_local(worker_config(self.config, self.device, journal_dir))
@@ -89,14 +91,11 @@ class NatsWorker:
                 await self.local.warm_up()
                 req = self.local.make_request("defaults")
                 self._defaults = {"steps": req.steps, "width": req.width, "height": req.height}
-                self.broker = await open_broker(self.config, f"iris-worker {self.id}")
-                try:
-                    await self._serve(self.broker)
-                finally:
-                    await self.broker.close()
+                await self._serve(self.broker)
             finally:
                 await self.local.close()
         finally:
+            await self.broker.close()
             shutil.rmtree(journal_dir, ignore_errors=True)
 
     async def _serve(self, b: Broker) -> None:
