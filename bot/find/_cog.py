@@ -325,11 +325,13 @@ class Find(commands.Cog):
         await self._answer(interaction, fid, data, page)
 
     async def on_refresh(self, interaction: discord.Interaction, fid: str, page: int) -> None:
-        """The same page again over what is indexed now, in place."""
+        """The same page again over what is indexed now, in place: like /find, newer messages are
+        scanned first for up to find_answer_after_s (a finished channel's catch-up takes a moment)."""
         data = await self._saved(interaction, fid)
         await interaction.response.defer()  # an update of the message the button is on
         assert interaction.guild is not None and isinstance(interaction.user, discord.Member)
-        self.discord_index.start_scans(await self._channels(interaction.guild, interaction.user, data))
+        channels = await self._channels(interaction.guild, interaction.user, data)
+        await self._wait_for_scans(interaction, channels)
         await self._answer(interaction, fid, data, page)
 
     async def on_share(self, interaction: discord.Interaction, fid: str, page: int) -> None:
