@@ -26,14 +26,13 @@ from iris.errors import (
     BadRequest,
     InternalError,
     IrisError,
-    QueueFull,
     ServiceClosed,
-    UserLimitReached,
     report_unexpected,
 )
 from iris.images import ImageLimits, load_image
 from iris.journal import JobState, Journal, JournalEntry
 from iris.request import ImagineRequest
+from iris.service import admission
 from iris.service.events import Cancelled
 from iris.service.handle import JobHandle, JobSummary, ManagerStatus
 from iris.service.results import Description, Prediction, Upscaled
@@ -259,15 +258,7 @@ class InferenceManager(WorkerThread):
             if admit:
                 active = sum(j.owner == owner for j in self._queue)
                 active += self._current is not None and self._current.owner == owner
-                if len(self._queue) >= mc.max_queue:
-                    raise QueueFull(len(self._queue))
-                queued_cap = mc.max_queued_per_user if max_queued_per_user is None else max_queued_per_user
-                limit = queued_cap + mc.max_running_per_user
-                if active >= limit:
-                    raise UserLimitReached(
-                        f"you already have {active} generation{'s' * (active > 1)} queued or running "
-                        f"(the limit is {limit}); wait for one to finish or cancel it"
-                    )
+                admission.admit(mc, len(self._queue), active, max_queued_per_user)
             handle = JobHandle(self._cancel, job_id, owner, request)
             job = GenJob(job_id, owner, request, handle)
             try:

@@ -39,15 +39,13 @@ from iris.errors import (
     BadRequest,
     InternalError,
     IrisError,
-    QueueFull,
     ServiceClosed,
-    UserLimitReached,
     report_unexpected,
 )
 from iris.images import ImageLimits
 from iris.journal import UNFINISHED, JobState, JournalEntry
 from iris.request import ImagineRequest
-from iris.service import wire
+from iris.service import admission, wire
 from iris.service.events import Cancelled, Failed
 from iris.service.handle import JobHandle, ManagerStatus
 from iris.service.nats._broker import Broker, JobRecord, modify, open_broker, retrying
@@ -238,17 +236,9 @@ class NatsManager(Following):
         im, mc = self.config.imagine, self.config.manager
         request = request.validated(im.max_steps, im.max_side, im.max_prompt_chars)
         job_id = job_id or uuid.uuid4().hex[:12]
-        queued = self.mirror.in_state(JobState.QUEUED)
-        if len(queued) >= mc.max_queue:
-            raise QueueFull(len(queued))
+        queued = len(self.mirror.in_state(JobState.QUEUED))
         active = sum(r.entry.owner == owner for r in self.mirror.in_state(*UNFINISHED))
-        queued_cap = mc.max_queued_per_user if max_queued_per_user is None else max_queued_per_user
-        limit = queued_cap + mc.max_running_per_user
-        if active >= limit:  # worded as the local manager words it
-            raise UserLimitReached(
-                f"you already have {active} generation{'s' * (active > 1)} queued or running "
-                f"(the limit is {limit}); wait for one to finish or cancel it"
-            )
+        admission.admit(mc, queued, active, max_queued_per_user)  # over every bot's jobs
         if job_id in self.mirror.records:
             raise BadRequest(f"there is a job {job_id} already")
         now = time.time()

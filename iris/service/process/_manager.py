@@ -24,14 +24,13 @@ from PIL import Image
 from iris.config import Config
 from iris.errors import (
     IrisError,
-    QueueFull,
     ServiceClosed,
-    UserLimitReached,
     report_unexpected,
 )
 from iris.images import ImageLimits
 from iris.journal import JobState, Journal, JournalEntry
 from iris.request import ImagineRequest
+from iris.service import admission
 from iris.service.events import TERMINAL, Cancelled, Event, Progress, Started
 from iris.service.handle import JobHandle, JobSummary, ManagerStatus
 from iris.service.process._child import Child, DiedAtStart, spawn
@@ -295,15 +294,7 @@ class ProcessManager(Watchdog):
         if admit:
             queued = sum(j.running_since is None for j in self._jobs.values())
             active = sum(j.owner == owner for j in self._jobs.values())
-            if queued >= mc.max_queue:
-                raise QueueFull(queued)
-            cap = mc.max_queued_per_user if max_queued_per_user is None else max_queued_per_user
-            limit = cap + mc.max_running_per_user
-            if active >= limit:
-                raise UserLimitReached(
-                    f"you already have {active} generation{'s' * (active > 1)} queued or running "
-                    f"(the limit is {limit}); wait for one to finish or cancel it"
-                )
+            admission.admit(mc, queued, active, max_queued_per_user)
         job_id = job_id or uuid.uuid4().hex[:12]
         handle = JobHandle(self.cancel, job_id, owner, request)
         job = Job(job_id, owner, request, dict(meta or {}), handle)
