@@ -8,15 +8,19 @@ and `scopes` filter it exactly (the permission rule lives here once).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import numpy as np
 
 from iris.config import IndexConfig
 from iris.index.search import SearchCache, group_of
 from iris.index.vectors import GroupVectors, View, top_k
+
+DAY_S = 86_400.0
+PRUNE_EVERY_S = 3_600.0  # retention runs at most this often, on saved queries and deletes
+CHANGES_KEPT = 200_000  # log entries kept; a reader further behind reloads instead of replaying
 
 
 @dataclass(frozen=True)
@@ -40,12 +44,58 @@ def message_of(key: str) -> str | None:
     return head if sep and head.isdigit() else None
 
 
+def prefix_end(prefix: str) -> str:
+    """The first string after every string that starts with `prefix` (not empty): `col >= prefix AND
+    col < prefix_end(prefix)` is exact (LIKE folds case and reads `_` as any character) and walks an index
+    (the columns compare bytewise in both backends)."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
 class SearchingIndex:
-    """Search over a backend's items; the backend sets `config`, `_lock` and `_search` and reads rows."""
+    """What every backend shares over its own calls: search, `upsert` as one row of `upsert_many`,
+    retention when due, the context manager. The backend sets `config`, `clock`, `_lock`, `_search` and
+    `_pruned_at`, and reads and writes its rows."""
 
     config: IndexConfig
+    clock: Callable[[], float]
     _lock: threading.RLock
     _search: SearchCache
+    _pruned_at: float  # clock() time of the last retention pass
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def prune(self) -> None:
+        raise NotImplementedError
+
+    def upsert_many(
+        self, scope: str, rows: Iterable[tuple[str, str | None, dict[str, Any], str, bytes | None]]
+    ) -> set[str]:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def upsert(
+        self,
+        scope: str,
+        key: str,
+        content_hash: str | None,
+        meta: dict[str, Any],
+        status: str = "ok",
+        thumb: bytes | None = None,
+    ) -> bool:
+        """Add or update an item; False (and nothing written) when its message was deleted: a delete wins.
+
+        `thumb` replaces the stored thumbnail; None keeps it only while the content stays the same."""
+        return not self.upsert_many(scope, [(key, content_hash, meta, status, thumb)])
+
+    def _maybe_prune(self) -> None:
+        if self.clock() - self._pruned_at >= PRUNE_EVERY_S:
+            self.prune()
 
     def _item_rows(self, ids: Sequence[int]) -> dict[int, tuple[str, str, dict[str, Any]]]:
         """id -> (scope, key, meta) of the items that still exist; called under the lock."""

@@ -24,11 +24,10 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from iris.config import IndexConfig
-from iris.index.base import Hit, ScanState, SearchingIndex, message_of
+from iris.index.base import CHANGES_KEPT, DAY_S, Hit, ScanState, SearchingIndex, message_of, prefix_end
 from iris.index.pg_conn import Conn, IndexUnavailable, PgLog, connect, describe
 from iris.index.pg_schema import WRITE_LOCK, HalfVec, migrate, register_halfvec
 from iris.index.search import SearchCache
-from iris.index.store import CHANGES_KEPT, DAY_S, PRUNE_EVERY_S
 from iris.index.vectors import GroupVectors
 
 log = logging.getLogger(__name__)
@@ -116,12 +115,6 @@ class PgIndex(SearchingIndex):
             if self._conn is not None:
                 self._conn.close()
 
-    def __enter__(self) -> PgIndex:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # -- retention ---------------------------------------------------------------------------------
     @_retried
     def prune(self) -> None:
@@ -158,10 +151,6 @@ class PgIndex(SearchingIndex):
                     "WHERE v.content_hash = k.h AND v.model_id = k.m",
                     (now, *keys),
                 )
-
-    def _maybe_prune(self) -> None:
-        if self.clock() - self._pruned_at >= PRUNE_EVERY_S:
-            self.prune()
 
     # -- vectors -----------------------------------------------------------------------------------
     @_retried
@@ -225,20 +214,6 @@ class PgIndex(SearchingIndex):
             dead = {r[0] for r in db.execute(q, (scope, messages))}
         return out | {k for k in keys if message_of(k) in dead}
 
-    def upsert(
-        self,
-        scope: str,
-        key: str,
-        content_hash: str | None,
-        meta: dict[str, Any],
-        status: str = "ok",
-        thumb: bytes | None = None,
-    ) -> bool:
-        """Add or update an item; False (and nothing written) when its message was deleted: a delete wins.
-
-        `thumb` replaces the stored thumbnail; None keeps it only while the content stays the same."""
-        return not self.upsert_many(scope, [(key, content_hash, meta, status, thumb)])
-
     @_retried
     def upsert_many(
         self, scope: str, rows: Iterable[tuple[str, str | None, dict[str, Any], str, bytes | None]]
@@ -297,7 +272,7 @@ class PgIndex(SearchingIndex):
     def _remove_prefix(db: Conn, scope: str, prefix: str) -> int:
         if not prefix:
             return db.execute("DELETE FROM items WHERE scope = %s", (scope,)).rowcount
-        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # a key range (bytewise: the columns are "C")
+        end = prefix_end(prefix)
         q = "DELETE FROM items WHERE scope = %s AND key >= %s AND key < %s"
         return db.execute(q, (scope, prefix, end)).rowcount
 
@@ -331,7 +306,7 @@ class PgIndex(SearchingIndex):
             db = self._db()
             if not prefix:
                 return [r[0] for r in db.execute("SELECT DISTINCT scope FROM items")]
-            end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+            end = prefix_end(prefix)
             q = "SELECT DISTINCT scope FROM items WHERE scope >= %s AND scope < %s"
             return [r[0] for r in db.execute(q, (prefix, end))]
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from iris.config import IndexConfig
-from iris.index.base import ScanState, SearchingIndex, message_of
+from iris.index.base import CHANGES_KEPT, DAY_S, ScanState, SearchingIndex, message_of, prefix_end
 from iris.index.schema import ADDED_COLUMNS, SCHEMA
 from iris.index.search import SearchCache, SqliteLog
 from iris.index.sql import chunks, qs
@@ -33,10 +33,6 @@ from iris.index.vectors import GroupVectors
 from iris.sqlite import connect, transaction
 
 log = logging.getLogger(__name__)
-
-DAY_S = 86_400.0
-PRUNE_EVERY_S = 3_600.0  # retention runs at most this often, on saved queries and deletes
-CHANGES_KEPT = 200_000  # log entries kept; a reader further behind reloads instead of replaying
 
 
 class ImageIndex(SearchingIndex):
@@ -72,12 +68,6 @@ class ImageIndex(SearchingIndex):
         with self._lock:
             self._search.clear()
             self._db.close()
-
-    def __enter__(self) -> ImageIndex:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- retention ---------------------------------------------------------------------------------
     def prune(self) -> None:
@@ -117,10 +107,6 @@ class ImageIndex(SearchingIndex):
                     ids,
                 )
                 self._db.execute(f"UPDATE vectors SET added = ? WHERE rowid IN ({qs(ids)})", (now, *ids))
-
-    def _maybe_prune(self) -> None:
-        if self.clock() - self._pruned_at >= PRUNE_EVERY_S:
-            self.prune()
 
     # -- vectors -----------------------------------------------------------------------------------
     def missing_vectors(self, hashes: Iterable[str], model_id: str) -> set[str]:
@@ -182,20 +168,6 @@ class ImageIndex(SearchingIndex):
                 )
             }
         return out | {k for k in keys if message_of(k) in dead}
-
-    def upsert(
-        self,
-        scope: str,
-        key: str,
-        content_hash: str | None,
-        meta: dict[str, Any],
-        status: str = "ok",
-        thumb: bytes | None = None,
-    ) -> bool:
-        """Add or update an item; False (and nothing written) when its message was deleted: a delete wins.
-
-        `thumb` replaces the stored thumbnail; None keeps it only while the content stays the same."""
-        return not self.upsert_many(scope, [(key, content_hash, meta, status, thumb)])
 
     def upsert_many(
         self, scope: str, rows: Iterable[tuple[str, str | None, dict[str, Any], str, bytes | None]]
@@ -266,7 +238,7 @@ class ImageIndex(SearchingIndex):
         if not prefix:
             return int(self._db.execute("DELETE FROM items WHERE scope = ?", (scope,)).rowcount)
         # A key range, not LIKE: it walks the (scope, key) index instead of every key of the scope.
-        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        end = prefix_end(prefix)
         n = self._db.execute(
             "DELETE FROM items WHERE scope = ? AND key >= ? AND key < ?", (scope, prefix, end)
         ).rowcount
@@ -296,7 +268,7 @@ class ImageIndex(SearchingIndex):
         with self._lock:
             if not prefix:
                 return [r[0] for r in self._db.execute("SELECT DISTINCT scope FROM items")]
-            end = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # a range: exact (LIKE folds case, '_' matches all)
+            end = prefix_end(prefix)
             rows = self._db.execute(
                 "SELECT DISTINCT scope FROM items WHERE scope >= ? AND scope < ?", (prefix, end)
             )
