@@ -39,11 +39,12 @@ from iris.journal import JobState
 from iris.service.events import Failed
 from iris.service.handle import JobHandle
 from iris.service.process._link import BlockingLink
+from iris.service.remote import SHORT_OPS
 
 log = logging.getLogger("iris.worker")
 
 # The Manager API methods the parent may call by name (all async, each answered by one message).
-CALLS = frozenset({"warm_up", "classify", "describe", "upscale", "embed_images", "embed_text", "model_id"})
+CALLS = SHORT_OPS | {"warm_up"}
 CLOSE_FLUSH_S = 2.0  # after close(): longest wait for the last events to be sent
 
 

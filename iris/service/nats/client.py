@@ -25,14 +25,12 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine
 from dataclasses import replace
 from functools import partial
 from typing import IO, Any
 
-import numpy as np
 from nats.js.errors import KeyWrongLastSequenceError
-from PIL import Image
 
 from iris.config import Automatic, Config
 from iris.errors import (
@@ -53,14 +51,14 @@ from iris.service.nats._follow import Followed, Following
 from iris.service.nats._journal import RecordsView
 from iris.service.nats._mirror import Mirror
 from iris.service.nats._short import ShortJobs
-from iris.service.results import Description, Prediction, Upscaled
+from iris.service.remote import RemoteShortJobs
 
 log = logging.getLogger(__name__)
 
 ID_FILE = "iris-nats-bot-id"  # in the data directory: a restarted bot is the same bot
 
 
-class NatsManager(Following):
+class NatsManager(RemoteShortJobs, Following):
     """The Manager API with the device work on `iris worker` processes behind NATS."""
 
     def __init__(self, config: Config, adopt: bool = True) -> None:
@@ -367,35 +365,6 @@ class NatsManager(Following):
         return True
 
     # -- short jobs ------------------------------------------------------------------------------------
-    async def classify(
-        self,
-        image: Image.Image | bytes,
-        labels: Sequence[str],
-        top_k: int | None = None,
-        templates: str | None = None,
-    ) -> list[Prediction]:
-        result: list[Prediction] = await self._short("classify", image, list(labels), top_k, templates)
-        return result
-
-    async def describe(self, image: Image.Image | bytes, top_k: int = 5) -> Description:
-        result: Description = await self._short("describe", image, top_k)
-        return result
-
-    async def upscale(self, image: Image.Image | bytes) -> Upscaled:
-        result: Upscaled = await self._short("upscale", image)
-        return result
-
-    async def embed_images(self, images: Sequence[Image.Image | bytes]) -> np.ndarray:
-        result: np.ndarray = await self._short("embed_images", list(images))
-        return result
-
-    async def embed_text(self, query: str) -> np.ndarray:
-        result: np.ndarray = await self._short("embed_text", query)
-        return result
-
-    async def model_id(self) -> str:
-        result: str = await self._short("model_id")
-        return result
 
     async def _short(self, op: str, *args: Any) -> Any:
         if not self._accepting:

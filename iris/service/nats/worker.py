@@ -35,10 +35,10 @@ from iris.service import wire
 from iris.service.events import Cancelled, Done, Failed, Progress, Started
 from iris.service.nats._broker import MAX_DELIVER, Broker, JobRecord, modify, open_broker, retrying
 from iris.service.protocol import Manager
+from iris.service.remote import SHORT_OPS
 
 log = logging.getLogger(__name__)
 
-SHORT_OPS = ("classify", "describe", "upscale", "embed_images", "embed_text", "model_id")
 SAVE_EVERY_S = 1.0  # a running job's step reaches its record at most this often (ETAs elsewhere)
 
 

@@ -15,11 +15,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Sequence
 from typing import Any
-
-import numpy as np
-from PIL import Image
 
 from iris.config import Config
 from iris.errors import (
@@ -37,14 +33,14 @@ from iris.service.process._child import Child, DiedAtStart, spawn
 from iris.service.process._link import read_message
 from iris.service.process._state import Call, Job, WorkerUnavailable, call_message, imagine_message, settle
 from iris.service.process._watchdog import START_TRIES, Watchdog
-from iris.service.results import Description, Prediction, Upscaled
+from iris.service.remote import RemoteShortJobs
 
 log = logging.getLogger(__name__)
 
 CLOSE_MARGIN_S = 1.0  # close(): seconds past the grace for the child's last events, then SIGKILL
 
 
-class ProcessManager(Watchdog):
+class ProcessManager(RemoteShortJobs, Watchdog):
     """The Manager protocol over a child process (`python -m models.serve`) that owns the device.
 
     Its watchdog (_watchdog.py) replaces a child that hangs or dies; `close()` ends within its grace
@@ -211,35 +207,9 @@ class ProcessManager(Watchdog):
         job.handle._publish(event)
 
     # -- short jobs --------------------------------------------------------------------------------
-    async def classify(
-        self,
-        image: Image.Image | bytes,
-        labels: Sequence[str],
-        top_k: int | None = None,
-        templates: str | None = None,
-    ) -> list[Prediction]:
-        result: list[Prediction] = await self._call("classify", image, list(labels), top_k, templates)
-        return result
 
-    async def describe(self, image: Image.Image | bytes, top_k: int = 5) -> Description:
-        result: Description = await self._call("describe", image, top_k)
-        return result
-
-    async def upscale(self, image: Image.Image | bytes) -> Upscaled:
-        result: Upscaled = await self._call("upscale", image)
-        return result
-
-    async def embed_images(self, images: Sequence[Image.Image | bytes]) -> np.ndarray:
-        result: np.ndarray = await self._call("embed_images", list(images))
-        return result
-
-    async def embed_text(self, query: str) -> np.ndarray:
-        result: np.ndarray = await self._call("embed_text", query)
-        return result
-
-    async def model_id(self) -> str:
-        result: str = await self._call("model_id")
-        return result
+    async def _short(self, op: str, *args: Any) -> Any:
+        return await self._call(op, *args)
 
     async def _call(self, method: str, *args: Any, watched: bool = True) -> Any:
         self._check_open()
