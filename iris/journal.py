@@ -95,6 +95,12 @@ class JournalEntry:
     clip_score: float | None = None
     reduced: str | None = None  # set when an out-of-memory retry reduced the settings
 
+    @property
+    def resumed_request(self) -> ImagineRequest:
+        """The request to run again after a restart or on another worker: with the seed it started with,
+        so it makes the picture it would have made."""
+        return self.request if self.seed is None else dataclasses.replace(self.request, seed=self.seed)
+
 
 class Journal:
     def __init__(self, path: str | os.PathLike[str], readonly: bool = False) -> None:

@@ -9,7 +9,6 @@ embed), batched into one forward pass. So a /classify during a 300-step /imagine
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import threading
 import time
@@ -330,10 +329,7 @@ class InferenceManager(WorkerThread):
         job makes the picture it would have made). The queue bound and per-user caps do not apply: the
         job was admitted before the restart. Raises BadRequest (the request no longer fits the config's
         limits) or ServiceClosed; the caller then discards it."""
-        request = entry.request
-        if entry.seed is not None:
-            request = dataclasses.replace(request, seed=entry.seed)
-        handle = self._enqueue(request, entry.owner, entry.meta, entry.id, admit=False)
+        handle = self._enqueue(entry.resumed_request, entry.owner, entry.meta, entry.id, admit=False)
         self._unfinished.pop(entry.id, None)
         return handle
 

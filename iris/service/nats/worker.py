@@ -157,7 +157,7 @@ class NatsWorker:
             return
         assert self.local is not None
         entry = claimed.entry
-        request = entry.request if entry.seed is None else dataclasses.replace(entry.request, seed=entry.seed)
+        request = entry.resumed_request
         try:
             handle = self.local.imagine(
                 request, entry.owner, entry.meta, job_id=job_id, max_queued_per_user=1

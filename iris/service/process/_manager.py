@@ -289,10 +289,7 @@ class ProcessManager(RemoteShortJobs, Watchdog):
 
     def resubmit(self, entry: JournalEntry) -> JobHandle:
         """Queue an unfinished job again under its id and seed (see InferenceManager.resubmit)."""
-        request = entry.request
-        if entry.seed is not None:
-            request = dataclasses.replace(request, seed=entry.seed)
-        handle = self._enqueue(request, entry.owner, entry.meta, entry.id, admit=False)
+        handle = self._enqueue(entry.resumed_request, entry.owner, entry.meta, entry.id, admit=False)
         self._unfinished.pop(entry.id, None)
         return handle
 
